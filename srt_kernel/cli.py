@@ -1,0 +1,181 @@
+"""The ``srt-kernel`` command line.
+
+``run`` runs a command in the sandbox, ``doctor`` says whether this machine
+can build one, ``policy`` shows the policy that would apply and where each
+part comes from.  Exit statuses: the command's own for ``run``; 2 for a
+mistake in the settings or options (nothing ran); 125 when the sandbox
+could not be built (nothing ran).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Sequence
+
+from srt_kernel import __version__, locations
+from srt_kernel import policy as pol
+from srt_kernel.errors import PolicyError, SandboxUnavailable, SrtKernelError
+from srt_kernel.hosts import parse_pattern
+
+logger = logging.getLogger(__name__)
+
+USAGE_ERROR = 2
+SANDBOX_FAILED = 125
+
+
+def _add_policy_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--settings",
+        metavar="FILE",
+        help="settings file (default: ~/.config/srt-kernel/settings.json, "
+        "else ~/.srt-settings.json)",
+    )
+    p.add_argument("--allow", action="append", default=[], metavar="DOMAIN",
+                   help="also allow this domain (repeatable)")
+    p.add_argument("--deny", action="append", default=[], metavar="DOMAIN",
+                   help="deny this domain (repeatable)")
+    p.add_argument("--no-network", action="store_true",
+                   help="no network at all, whatever the settings allow")
+    p.add_argument("--write", action="append", default=[], metavar="PATH",
+                   help="also allow writes below PATH (repeatable)")
+    p.add_argument("--deny-write", action="append", default=[], metavar="PATH",
+                   help="deny writes below PATH (repeatable)")
+    p.add_argument("--deny-read", action="append", default=[], metavar="PATH",
+                   help="deny reads below PATH (repeatable)")
+    p.add_argument("--allow-read", action="append", default=[], metavar="PATH",
+                   help="re-allow reads below PATH inside a denied one")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="srt-kernel",
+        description="Run untrusted code in an OS sandbox (bubblewrap) whose only "
+        "way out is a filtering proxy.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        help="run a command in the sandbox",
+        description="Run CMD in the sandbox under your settings plus these "
+        "options. Use -- before the command, or -c 'STRING' for a shell line.",
+    )
+    _add_policy_options(run)
+    run.add_argument("-c", dest="shell", metavar="STRING",
+                     help="run STRING with bash (or sh)")
+    run.add_argument("--debug", action="store_true",
+                     help="say what the sandbox was built from")
+    run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARG]...")
+
+    sub.add_parser("doctor", help="check that this machine can build the sandbox")
+
+    show = sub.add_parser("policy", help="show the policy that would apply")
+    _add_policy_options(show)
+    return parser
+
+
+def _policy_from_args(args: argparse.Namespace) -> pol.Policy:
+    context = locations.gather_context()
+    source = "command line"
+    policy = pol.resolve(context, locations.user_layers(args.settings, context))
+
+    def patterns(values: Sequence[str], flag: str) -> list[pol.HostPattern]:
+        return [parse_pattern(v, field=flag, source=source) for v in values]
+
+    def paths(values: Sequence[str], flag: str) -> list[str]:
+        return [
+            pol.normalize_path(v, context=context, field=flag, source=source)
+            for v in values
+        ]
+
+    return pol.with_options(
+        policy,
+        allow=patterns(args.allow, "--allow"),
+        deny=patterns(args.deny, "--deny"),
+        no_network=args.no_network,
+        write=paths(args.write, "--write"),
+        deny_write=paths(args.deny_write, "--deny-write"),
+        deny_read=paths(args.deny_read, "--deny-read"),
+        allow_read=paths(args.allow_read, "--allow-read"),
+        source=source,
+    )
+
+
+def _command_from_args(args: argparse.Namespace) -> list[str]:
+    argv = list(args.argv)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if args.shell is not None:
+        if argv:
+            raise PolicyError(
+                "give either -c 'STRING' or -- CMD [ARG]..., not both.",
+                field="-c",
+                value=args.shell,
+                source="command line",
+            )
+        shell = shutil.which("bash") or "/bin/sh"
+        return [shell, "-c", args.shell]
+    if not argv:
+        raise PolicyError(
+            "no command given; write `srt-kernel run -- CMD [ARG]...` or "
+            "`srt-kernel run -c 'STRING'`.",
+            field="command",
+            value="",
+            source="command line",
+        )
+    return argv
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from srt_kernel.sandbox.bwrap import run_command
+
+    policy = _policy_from_args(args)
+    command = _command_from_args(args)
+    for note in policy.notes:
+        print(f"srt-kernel: note: {note}", file=sys.stderr)
+    return run_command(policy, command, cwd=os.getcwd(), debug=args.debug)
+
+
+def cmd_doctor(_args: argparse.Namespace) -> int:
+    from srt_kernel import doctor
+
+    diagnosis = doctor.diagnose()
+    print(diagnosis.text())
+    return 0 if diagnosis.ok else 1
+
+
+def cmd_policy(args: argparse.Namespace) -> int:
+    print(pol.describe(_policy_from_args(args)))
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "doctor": cmd_doctor, "policy": cmd_policy}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return USAGE_ERROR
+    logging.basicConfig(level=logging.WARNING, format="srt-kernel: %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except PolicyError as exc:
+        print(f"srt-kernel: error: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+    except SandboxUnavailable as exc:
+        print(f"srt-kernel: {exc}\n\n{exc.diagnosis}", file=sys.stderr)
+        return SANDBOX_FAILED
+    except SrtKernelError as exc:
+        print(f"srt-kernel: {exc}", file=sys.stderr)
+        return SANDBOX_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

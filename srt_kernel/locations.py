@@ -1,0 +1,162 @@
+"""Where things are on this machine: the IO edge of the policy.
+
+Gathers the facts that :mod:`srt_kernel.policy` resolves settings against
+(home, working folder, the Jupyter runtime and data folders, the installed
+package) and reads settings files.  The policy core itself reads nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import site
+import sys
+import sysconfig
+from collections.abc import Sequence
+from pathlib import Path
+
+from srt_kernel import policy as pol
+from srt_kernel.errors import SettingsFileError
+
+logger = logging.getLogger(__name__)
+
+#: The documented system-wide settings folder (administrator).
+SYSTEM_DIR = Path("/etc/srt-kernel")
+
+
+def home() -> str:
+    return os.path.expanduser("~")
+
+
+def config_dir() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(home(), ".config")
+    return Path(base) / "srt-kernel"
+
+
+def data_dir() -> Path:
+    """srt-kernel's own data (approvals, audit logs): never visible inside."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(home(), ".local", "share")
+    return Path(base) / "srt-kernel"
+
+
+def settings_path() -> Path:
+    return config_dir() / "settings.json"
+
+
+def srt_settings_path() -> Path:
+    return Path(home()) / ".srt-settings.json"
+
+
+def runtime_root() -> Path:
+    """The parent of every sandbox's private run directory (mode 0700)."""
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    if base and os.path.isdir(base) and os.access(base, os.W_OK):
+        return Path(base) / "srt-kernel"
+    return Path("/tmp") / f"srt-kernel-{os.getuid()}"
+
+
+def jupyter_dirs() -> tuple[list[str], list[str], list[str]]:
+    """(runtime dirs, data dirs with kernelspecs, config dirs) of Jupyter."""
+    try:
+        from jupyter_core import paths as jp
+    except ImportError:  # jupyter_core missing: fall back to its defaults
+        h = home()
+        return (
+            [os.path.join(h, ".local/share/jupyter/runtime")],
+            [os.path.join(h, ".local/share/jupyter"), "/usr/local/share/jupyter"],
+            [os.path.join(h, ".jupyter")],
+        )
+    return (
+        [jp.jupyter_runtime_dir()],
+        list(jp.jupyter_path()),
+        list(jp.jupyter_config_path()),
+    )
+
+
+def _package_paths() -> list[str]:
+    """The installed srt_kernel package and the interpreter's site-packages."""
+    paths = [str(Path(__file__).resolve().parent)]
+    for key in ("purelib", "platlib"):
+        paths.append(sysconfig.get_paths()[key])
+    paths.extend(site.getsitepackages())
+    user_site = site.getusersitepackages()
+    if user_site:
+        paths.append(user_site)
+    paths.append(os.path.join(sys.prefix, "bin"))
+    return paths
+
+
+def gather_context(base_dir: str | None = None) -> pol.Context:
+    """Gather the facts a policy is resolved against, for this process."""
+    h = home()
+    runtime, data, config = jupyter_dirs()
+    ipython_dir = os.environ.get("IPYTHONDIR") or os.path.join(h, ".ipython")
+    protected = [
+        *config,
+        *(os.path.join(d, "kernels") for d in data),
+        *(os.path.join(d, "nbextensions") for d in data),
+        *(os.path.join(d, "lab") for d in data),
+        *runtime,
+        ipython_dir,
+        str(config_dir()),
+        str(data_dir()),
+        str(SYSTEM_DIR),
+        *_package_paths(),
+    ]
+    deny_read = [*runtime, str(data_dir())]
+    return pol.Context(
+        home=h,
+        base_dir=os.path.abspath(base_dir or os.getcwd()),
+        deny_read=tuple(deny_read),
+        protected=tuple(dict.fromkeys(protected)),
+    )
+
+
+def read_settings_file(path: Path, context: pol.Context) -> pol.Layer:
+    """Read one settings file given by name: every failure is an error."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise SettingsFileError(
+            f"settings file {str(path)!r} does not exist; check the path.",
+            field="settings",
+            value=str(path),
+            source=str(path),
+        ) from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SettingsFileError(
+            f"settings file {str(path)!r} cannot be read ({exc}); check its "
+            "permissions and encoding (UTF-8).",
+            field="settings",
+            value=str(path),
+            source=str(path),
+        ) from exc
+    return pol.parse_settings_text(text, source=str(path), context=context)
+
+
+def user_layers(settings: str | None, context: pol.Context) -> list[pol.Layer]:
+    """The trusted layers: the named file, or ours, or srt's; never a mix.
+
+    With ``settings`` given, that file alone is used and must be readable.
+    Otherwise ``~/.config/srt-kernel/settings.json`` is used when it exists,
+    else ``~/.srt-settings.json`` when that exists, else nothing.
+    """
+    if settings is not None:
+        return [read_settings_file(Path(settings), context)]
+    for candidate in (settings_path(), srt_settings_path()):
+        if candidate.exists():
+            return [read_settings_file(candidate, context)]
+    return []
+
+
+def load_policy(
+    settings: str | None = None,
+    base_dir: str | None = None,
+    untrusted: Sequence[pol.Layer] = (),
+) -> pol.Policy:
+    """Defaults + the user's settings + untrusted layers, for this machine."""
+    context = gather_context(base_dir)
+    policy = pol.resolve(context, user_layers(settings, context), untrusted)
+    for note in policy.notes:
+        logger.warning("%s", note)
+    return policy

@@ -1,0 +1,345 @@
+"""Launch a command in bubblewrap under a policy: the IO side of the plan.
+
+:class:`Sandbox` gathers the facts, plans, creates the private run
+directory and placeholders, starts the proxy when the policy allows any
+host, and starts bubblewrap from the calling thread (``--die-with-parent``
+fires when the thread that started bubblewrap exits, so start it from a
+thread that lives as long as the sandbox).  :func:`run_command` adds what a
+terminal user needs: a pseudo-terminal when stdin is one, forwarding of
+INT, TERM, HUP and window-size changes, and the command's exit status.
+
+Fails closed: when any step fails, the command does not run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import select
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import tty
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+from srt_kernel import locations
+from srt_kernel.errors import SandboxError, SandboxUnavailable
+from srt_kernel.policy import Policy
+from srt_kernel.sandbox import facts as fsfacts
+from srt_kernel.sandbox.plan import LaunchSpec, SandboxPlan, plan_sandbox
+from srt_kernel.sandbox.rundir import RunDir
+
+logger = logging.getLogger(__name__)
+
+#: Exit status of the launcher when the sandbox could not be built.
+SANDBOX_FAILED = 125
+
+
+def find_bwrap() -> str:
+    """The bubblewrap executable, or :class:`SandboxUnavailable` with the fix."""
+    path = shutil.which("bwrap")
+    if path is None:
+        from srt_kernel import doctor
+
+        raise SandboxUnavailable(
+            "bubblewrap (bwrap) is not installed, so no sandbox can be built "
+            "and the command was not run.",
+            diagnosis=doctor.install_hint(),
+        )
+    return path
+
+
+def _package_parent() -> str:
+    return str(Path(__file__).resolve().parent.parent.parent)
+
+
+@dataclass
+class Sandbox:
+    """One running sandbox.  Use as a context manager, or call :meth:`close`."""
+
+    policy: Policy
+    command: Sequence[str]
+    cwd: str
+    tty: bool = False
+    env: Mapping[str, str] | None = None
+    audit: Any = None
+    label: str = ""
+    run: RunDir | None = None
+    plan: SandboxPlan | None = None
+    process: subprocess.Popen[bytes] | None = None
+    proxy: Any = None
+    child_pid: int | None = None
+    protected_before: set[str] = field(default_factory=set)
+    _info: tuple[int, int] | None = None
+
+    def prepare(self) -> SandboxPlan:
+        """Gather facts and plan, without starting anything."""
+        bwrap = find_bwrap()
+        self.run = RunDir.create(locations.runtime_root())
+        keep = [sys.prefix, os.path.realpath(sys.executable), _package_parent()]
+        facts = fsfacts.gather(self.policy, extra=keep)
+        self.protected_before = set(facts.found)
+        # bubblewrap reports the sandbox's pid on this pipe; the fd keeps its
+        # number in the child (pass_fds), so the plan can name it.
+        self._info = os.pipe()
+        spec = LaunchSpec(
+            command=tuple(self.command),
+            cwd=self.cwd,
+            run_dir=str(self.run.path),
+            host_env=dict(os.environ if self.env is None else self.env),
+            bwrap=bwrap,
+            python=os.path.realpath(sys.executable),
+            package_parent=_package_parent(),
+            proxy_dir=str(self.run.proxy_dir) if self.policy.network.enabled else None,
+            seccomp=True,
+            tty=self.tty,
+            info_fd=self._info[1],
+            keep_visible=tuple(keep),
+        )
+        self.plan = plan_sandbox(self.policy, facts, spec)
+        return self.plan
+
+    def start(
+        self,
+        stdin: int | IO[Any] | None = None,
+        stdout: int | IO[Any] | None = None,
+        stderr: int | IO[Any] | None = None,
+    ) -> subprocess.Popen[bytes]:
+        """Create placeholders, start the proxy and bubblewrap."""
+        plan = self.plan or self.prepare()
+        assert self.run is not None
+        try:
+            self.run.make_placeholders(plan.placeholders)
+            if self.policy.network.enabled:
+                self._start_proxy()
+            assert self._info is not None
+            info_r, info_w = self._info
+            self._info = None
+            try:
+                self.process = subprocess.Popen(
+                    list(plan.argv),
+                    env=dict(plan.env),
+                    stdin=stdin,
+                    stdout=stdout,
+                    stderr=stderr,
+                    pass_fds=(info_w,),
+                    start_new_session=True,
+                )
+            finally:
+                os.close(info_w)
+            self.child_pid = _read_child_pid(info_r)
+        except BaseException:
+            self.close()
+            raise
+        if self.child_pid is None:
+            status = self.process.wait()
+            self.close()
+            from srt_kernel import doctor
+
+            raise SandboxUnavailable(
+                f"bubblewrap could not build the sandbox (it exited with "
+                f"status {status} before starting the command), so the command "
+                "was not run.",
+                diagnosis=doctor.diagnose().text(),
+            )
+        return self.process
+
+    def _start_proxy(self) -> None:
+        from srt_kernel.proxy.server import ProxyServer
+
+        assert self.run is not None
+        self.proxy = ProxyServer(
+            self.policy.network,
+            self.run.proxy_dir,
+            audit=self.audit,
+            label=self.label,
+        )
+        self.proxy.start()
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` to the sandbox's init, which passes it on."""
+        if self.child_pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.child_pid, signum)
+
+    def wait(self) -> int:
+        assert self.process is not None
+        return self.process.wait()
+
+    def created_protected(self) -> list[str]:
+        """Protected names that appeared below writable roots during the run."""
+        after: set[str] = set()
+        skip = set(self.policy.protected)
+        for root in self.policy.filesystem.allow_write:
+            if os.path.isdir(root):
+                after.update(
+                    os.path.realpath(p) for p in fsfacts.scan_protected(root, skip)
+                )
+        placeholders = {p for p, _ in (self.plan.placeholders if self.plan else ())}
+        return sorted(after - self.protected_before - placeholders)
+
+    def close(self) -> None:
+        """Stop everything and remove what the run left on disk."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        if self.proxy is not None:
+            self.proxy.stop()
+            self.proxy = None
+        if self._info is not None:
+            for fd in self._info:
+                os.close(fd)
+            self._info = None
+        if self.run is not None:
+            self.run.remove()
+            self.run = None
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _read_child_pid(fd: int) -> int | None:
+    """bubblewrap's ``--info-fd`` report: the sandbox's pid, once it exists."""
+    chunks = []
+    with os.fdopen(fd, "rb") as f:
+        while True:
+            data = f.read(4096)
+            if not data:
+                break
+            chunks.append(data)
+            try:
+                info = json.loads(b"".join(chunks))
+            except ValueError:
+                continue
+            pid = info.get("child-pid")
+            return int(pid) if isinstance(pid, int) else None
+    return None
+
+
+# --------------------------------------------------------------------------
+# Running a command for a user at a terminal
+
+
+def run_command(
+    policy: Policy,
+    command: Sequence[str],
+    *,
+    cwd: str,
+    debug: bool = False,
+    audit: Any = None,
+) -> int:
+    """Run ``command`` sandboxed, with the terminal relayed; its exit status."""
+    use_tty = os.isatty(0) and os.isatty(1)
+    sandbox = Sandbox(policy, command, cwd=cwd, tty=use_tty, audit=audit)
+    plan = sandbox.prepare()
+    if debug:
+        sys.stderr.write(plan.describe() + "\n")
+        sys.stderr.write("bwrap argv: " + json.dumps(list(plan.argv)) + "\n")
+    with sandbox:
+        if use_tty:
+            status = _run_with_pty(sandbox)
+        else:
+            status = _run_plain(sandbox)
+        created = sandbox.created_protected()
+    for path in created:
+        sys.stderr.write(
+            f"srt-kernel: warning: the command created {path}, a protected name "
+            "that trusted tools read or run; it could not be blocked because it "
+            "appeared during the run. Review or delete it.\n"
+        )
+    return status
+
+
+def _exit_status(raw: int) -> int:
+    return 128 - raw if raw < 0 else raw
+
+
+@contextlib.contextmanager
+def _forward_signals(sandbox: Sandbox, signals: Sequence[int]) -> Iterator[None]:
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        sandbox.signal(signum)
+
+    old = {s: signal.signal(s, forward) for s in signals}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+def _run_plain(sandbox: Sandbox) -> int:
+    with _forward_signals(
+        sandbox, (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+    ):
+        sandbox.start()
+        return _exit_status(sandbox.wait())
+
+
+def _copy_winsize(src: int, dst: int) -> None:
+    with contextlib.suppress(OSError):
+        size = fcntl.ioctl(src, termios.TIOCGWINSZ, struct.pack("HHHH", 0, 0, 0, 0))
+        fcntl.ioctl(dst, termios.TIOCSWINSZ, size)
+
+
+def _run_with_pty(sandbox: Sandbox) -> int:
+    master, slave = os.openpty()
+    _copy_winsize(0, master)
+    saved = termios.tcgetattr(0)
+
+    def on_winch(_signum: int, _frame: FrameType | None) -> None:
+        _copy_winsize(0, master)
+
+    old_winch = signal.signal(signal.SIGWINCH, on_winch)
+    try:
+        with _forward_signals(sandbox, (signal.SIGTERM, signal.SIGHUP)):
+            try:
+                sandbox.start(stdin=slave, stdout=slave, stderr=slave)
+            finally:
+                os.close(slave)
+            tty.setraw(0)
+            _pump_pty(master, sandbox)
+            return _exit_status(sandbox.wait())
+    finally:
+        termios.tcsetattr(0, termios.TCSADRAIN, saved)
+        signal.signal(signal.SIGWINCH, old_winch)
+        os.close(master)
+
+
+def _pump_pty(master: int, sandbox: Sandbox) -> None:
+    assert sandbox.process is not None
+    stdin_open = True
+    while True:
+        fds = [master] + ([0] if stdin_open else [])
+        try:
+            ready, _, _ = select.select(fds, [], [], 0.2)
+        except InterruptedError:
+            continue
+        if master in ready:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                data = b""
+            if not data:
+                return
+            os.write(1, data)
+        if 0 in ready:
+            data = os.read(0, 65536)
+            if data:
+                os.write(master, data)
+            else:
+                stdin_open = False
+        if sandbox.process.poll() is not None and master not in ready:
+            return

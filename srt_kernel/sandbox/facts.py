@@ -1,0 +1,127 @@
+"""Gather the file-system facts a sandbox plan needs.
+
+This is the IO step before :func:`srt_kernel.sandbox.plan.plan_sandbox`:
+for every path the policy names, what it is and where its symlinks lead;
+and a full scan of every writable root for protected names (no depth
+limit, no ignore files: a scan that a file in the tree could steer would
+let that tree hide a ``.git/hooks`` from it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import posixpath
+import stat
+from collections.abc import Iterable
+
+from srt_kernel.policy import Policy
+from srt_kernel.sandbox.plan import (
+    PROTECTED_FIRST,
+    PROTECTED_NAMES,
+    FsFacts,
+    Kind,
+    PathFact,
+    protected_candidates,
+)
+
+logger = logging.getLogger(__name__)
+
+# Directories whose contents no tool reads as configuration, skipped by the
+# scan for speed: git's object store holds only content-addressed blobs.
+_SKIP_BELOW = frozenset({".git/objects", ".git/lfs/objects"})
+
+
+def path_fact(path: str) -> PathFact:
+    """What ``path`` is, and where it leads after symlinks."""
+    real = os.path.realpath(path)
+    try:
+        st = os.stat(real)
+    except FileNotFoundError:
+        return PathFact("missing", real)
+    except NotADirectoryError:
+        return PathFact("missing", real)
+    kind: Kind
+    if stat.S_ISDIR(st.st_mode):
+        kind = "dir"
+    elif stat.S_ISREG(st.st_mode):
+        kind = "file"
+    else:
+        kind = "other"
+    return PathFact(kind, real)
+
+
+def scan_protected(root: str, skip: Iterable[str] = ()) -> list[str]:
+    """Every existing protected name below ``root``, at any depth.
+
+    Folders in ``skip`` (already read-only in the sandbox) are not entered.
+    """
+    found: list[str] = []
+    skipped = set(skip)
+    stack = [root]
+    while stack:
+        top = stack.pop()
+        try:
+            entries = list(os.scandir(top))
+        except OSError as exc:  # unreadable folders cannot hide anything we
+            logger.debug("scan: skipping %s: %s", top, exc)  # could write either
+            continue
+        for entry in entries:
+            if entry.name in PROTECTED_FIRST:
+                base = entry.path
+                for name, _kind, _ in PROTECTED_NAMES:
+                    head, _, rest = name.partition("/")
+                    if head != entry.name:
+                        continue
+                    candidate = posixpath.join(posixpath.dirname(base), name)
+                    if os.path.lexists(candidate):
+                        found.append(candidate)
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)
+            except OSError:
+                continue
+            if is_dir and entry.path not in skipped:
+                rel = posixpath.relpath(entry.path, root)
+                if any(rel == s or rel.endswith("/" + s) for s in _SKIP_BELOW):
+                    continue
+                stack.append(entry.path)
+    return found
+
+
+def gather(policy: Policy, extra: Iterable[str] = ()) -> FsFacts:
+    """Facts for every path ``policy`` names, plus ``extra`` paths."""
+    fs = policy.filesystem
+    wanted: list[str] = [
+        *fs.deny_read,
+        *fs.allow_read,
+        *fs.allow_write,
+        *fs.deny_write,
+        *protected_candidates(policy),
+        *extra,
+    ]
+    facts: dict[str, PathFact] = {}
+    for path in dict.fromkeys(wanted):
+        facts[path] = path_fact(path)
+        # the real path and its ancestors below a root are looked up too
+        facts.setdefault(facts[path].real, facts[path])
+
+    readonly = {facts[p].real for p in policy.protected if p in facts}
+    readonly |= {facts[p].real for p in fs.deny_write if p in facts}
+    found: list[str] = []
+    for root in fs.allow_write:
+        fact = facts[root]
+        if fact.kind != "dir":
+            continue
+        for path in scan_protected(fact.real, skip=readonly):
+            real = os.path.realpath(path)
+            facts.setdefault(real, path_fact(real))
+            found.append(real)
+
+    # Ancestors of every missing path, so that the plan can find the first
+    # missing component without touching the disk.
+    for path in list(facts):
+        d = posixpath.dirname(facts[path].real)
+        while d not in facts and d != "/":
+            facts[d] = path_fact(d)
+            d = posixpath.dirname(d)
+    return FsFacts(paths=facts, found=tuple(dict.fromkeys(found)))

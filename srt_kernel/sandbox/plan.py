@@ -1,0 +1,453 @@
+"""The bubblewrap plan: a pure function from policy and facts to an argv.
+
+Nothing here touches the file system or starts a process.  The facts it
+needs (what exists, where symlinks lead, which protected names a scan
+found) arrive as :class:`FsFacts`, gathered by :mod:`.facts`; the plan is
+carried out by :mod:`.bwrap`.  Plans are compared byte for byte in tests.
+
+How the mounts are laid out:
+
+* the root is bound read-only; ``/dev`` is minimal, ``/proc`` fresh, and
+  ``/run`` (where the proxy sockets are mounted) and ``/tmp`` are private;
+* every *rule path* (a writable root, a deny-write, deny-read or allow-read
+  path, a protected name, and every directory between a writable root and a
+  protected name) gets one mount, shallowest first, that reflects what the
+  pure policy says about that path: read-write bind, read-only bind, an
+  empty read-only directory (denied directory) or an unreadable file
+  (denied file).  A path's nearest rule path decides for it, which is what
+  the policy says, because nothing between them has a rule of its own;
+* directories between a writable root and a protected name are bound onto
+  themselves, so they are mount points and cannot be renamed: renaming
+  ``.git`` away and making a new one is refused with ``EBUSY``;
+* a protected name or deny path that does not exist yet, inside a writable
+  root, gets a placeholder created on the host before launch (an empty file
+  or directory, removed again at exit), because a mount needs something to
+  sit on.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from srt_kernel.policy import BASE_ENV_ALLOW, FilesystemPolicy, Policy, is_within
+
+Kind = Literal["file", "dir", "missing", "other"]
+
+#: Names that trusted tools read or run later.  Every existing one below a
+#: writable root is protected wherever a scan finds it; those marked
+#: ``at_root`` are protected at each writable root even before they exist
+#: (tools read them from the folder they start in).  Shell start-up files
+#: matter in the home folder, which :mod:`srt_kernel.locations` protects
+#: by absolute path.  ``(relative path, kind of placeholder, at_root)``.
+PROTECTED_NAMES: tuple[tuple[str, Literal["file", "dir"], bool], ...] = (
+    # shell start-up files
+    (".bashrc", "file", False),
+    (".bash_profile", "file", False),
+    (".bash_login", "file", False),
+    (".bash_logout", "file", False),
+    (".profile", "file", False),
+    (".zshrc", "file", False),
+    (".zshenv", "file", False),
+    (".zprofile", "file", False),
+    (".zlogin", "file", False),
+    (".cshrc", "file", False),
+    (".tcshrc", "file", False),
+    (".kshrc", "file", False),
+    (".inputrc", "file", False),
+    (".envrc", "file", True),
+    # git: hooks and config run code on the next commit or fetch
+    (".git/hooks", "dir", True),
+    (".git/config", "file", True),
+    (".git/info", "dir", True),
+    (".git/modules", "dir", True),
+    (".gitconfig", "file", False),
+    (".gitmodules", "file", False),
+    (".husky", "dir", False),
+    # editors and agents that run project-local configuration
+    (".vscode", "dir", True),
+    (".idea", "dir", True),
+    (".mcp.json", "file", True),
+    (".claude", "dir", False),
+    # Jupyter and IPython: config, start-up files, checkpoints
+    (".jupyter", "dir", False),
+    (".ipython", "dir", False),
+    (".ipynb_checkpoints", "dir", True),
+    ("ipython_config.py", "file", True),
+    ("ipython_kernel_config.py", "file", True),
+    ("jupyter_server_config.py", "file", True),
+    ("jupyter_notebook_config.py", "file", True),
+    ("jupyter_lab_config.py", "file", True),
+    # Python start-up hooks
+    ("sitecustomize.py", "file", False),
+    ("usercustomize.py", "file", False),
+    # srt-kernel's own settings
+    (".srt-settings.json", "file", False),
+)
+
+#: First path components that the scan looks for.
+PROTECTED_FIRST: frozenset[str] = frozenset(
+    n.split("/")[0] for n, _, _ in PROTECTED_NAMES
+)
+
+#: Inside the sandbox: where the proxy's sockets are mounted.
+PROXY_DIR_INSIDE = "/run/srt-kernel/proxy"
+HTTP_PORT = 3128
+SOCKS_PORT = 1080
+
+
+@dataclass(frozen=True)
+class PathFact:
+    """What one path is on the host."""
+
+    kind: Kind
+    #: The path with every symlink resolved (for a missing path: its deepest
+    #: existing ancestor resolved, the rest appended).
+    real: str
+
+
+@dataclass(frozen=True)
+class FsFacts:
+    """File-system facts that a plan needs, gathered by :mod:`.facts`."""
+
+    paths: Mapping[str, PathFact]
+    #: Existing protected names found below writable roots (real paths).
+    found: tuple[str, ...] = ()
+
+    def fact(self, path: str) -> PathFact:
+        return self.paths.get(path, PathFact("missing", path))
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """Everything about one launch that is not policy."""
+
+    command: tuple[str, ...]
+    cwd: str
+    #: The private run directory on the host (mode 0700).
+    run_dir: str
+    #: The host environment, to be filtered through the allowlist.
+    host_env: Mapping[str, str]
+    bwrap: str = "bwrap"
+    #: Interpreter and sys.path entry that run :mod:`.init` inside.
+    python: str = "python3"
+    package_parent: str = ""
+    #: Host directory with the proxy's sockets; None when there is no network.
+    proxy_dir: str | None = None
+    seccomp: bool = True
+    tty: bool = False
+    #: The fd bubblewrap reports the sandbox's pid on.
+    info_fd: int | None = None
+    #: Paths that must stay visible although they are under the private /tmp
+    #: (the interpreter and the package when installed there).
+    keep_visible: tuple[str, ...] = ()
+    #: Extra environment set inside (after the allowlist).
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Mount:
+    op: str  # "bind", "ro-bind", "tmpfs", "deny-file", "remount-ro"
+    dest: str
+    src: str = ""
+
+
+@dataclass(frozen=True)
+class SandboxPlan:
+    argv: tuple[str, ...]
+    env: Mapping[str, str]
+    mounts: tuple[Mount, ...]
+    #: (host path, kind) to create before launch and remove after.
+    placeholders: tuple[tuple[str, str], ...]
+    #: The filesystem policy with every path resolved: the oracle of tests.
+    resolved: FilesystemPolicy
+    #: Real paths protected from writes.
+    protected: tuple[str, ...]
+    private_tmp: bool
+
+    def describe(self) -> str:
+        """A readable account of the plan, for ``--debug``."""
+        lines = ["sandbox mounts (in order):"]
+        for m in self.mounts:
+            src = f" <- {m.src}" if m.src and m.src != m.dest else ""
+            lines.append(f"  {m.op:<10} {m.dest}{src}")
+        if self.placeholders:
+            lines.append("placeholders created for missing protected paths:")
+            lines.extend(f"  {kind:<4} {path}" for path, kind in self.placeholders)
+        lines.append("environment: " + ", ".join(sorted(self.env)))
+        return "\n".join(lines)
+
+
+def _depth(path: str) -> int:
+    return 0 if path == "/" else path.count("/")
+
+
+def _parent(path: str) -> str:
+    return posixpath.dirname(path) or "/"
+
+
+def _real(facts: FsFacts, path: str) -> str:
+    return facts.fact(path).real
+
+
+def resolve_policy(fs: FilesystemPolicy, facts: FsFacts) -> FilesystemPolicy:
+    """The policy with every rule path replaced by where it really leads."""
+
+    def real_all(paths: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(_real(facts, p) for p in paths))
+
+    return FilesystemPolicy(
+        deny_read=real_all(fs.deny_read),
+        allow_read=real_all(fs.allow_read),
+        allow_write=real_all(fs.allow_write),
+        deny_write=real_all(fs.deny_write),
+        sources=fs.sources,
+    )
+
+
+def protected_candidates(policy: Policy) -> list[str]:
+    """Protected paths to look up: fixed ones, and names at each root."""
+    out = list(policy.protected)
+    for root in policy.filesystem.allow_write:
+        out.extend(
+            posixpath.join(root, name) for name, _, at_root in PROTECTED_NAMES if at_root
+        )
+    return out
+
+
+def _placeholder_kind(path: str, root: str) -> Literal["file", "dir"]:
+    rel = posixpath.relpath(path, root)
+    for name, kind, _ in PROTECTED_NAMES:
+        if rel == name or rel.endswith("/" + name):
+            return kind
+    return "dir"
+
+
+def _first_missing(path: str, root: str, facts: FsFacts) -> str:
+    """The shallowest component of ``path`` below ``root`` that is missing."""
+    rel = posixpath.relpath(path, root).split("/")
+    current = root
+    for part in rel:
+        current = posixpath.join(current, part)
+        if facts.fact(current).kind == "missing":
+            return current
+    return path
+
+
+def plan_sandbox(policy: Policy, facts: FsFacts, spec: LaunchSpec) -> SandboxPlan:
+    """Build the bubblewrap argv for ``spec.command`` under ``policy``."""
+    fs = resolve_policy(policy.filesystem, facts)
+    roots = [r for r in fs.allow_write if facts.fact(r).kind == "dir" or r == "/"]
+
+    # Protected paths inside writable roots become deny-write rules.
+    candidates = [_real(facts, p) for p in protected_candidates(policy)]
+    candidates += list(facts.found)
+    candidates += list(fs.deny_write)
+    protected: list[str] = []
+    placeholders: dict[str, str] = {}
+    for path in sorted(dict.fromkeys(candidates), key=lambda p: (_depth(p), p)):
+        root = next((r for r in sorted(roots, key=_depth) if is_within(path, r)), None)
+        if root is None or path == root:
+            continue
+        # already read-only: inside a protected folder or a deny-write rule
+        if any(is_within(path, p) for p in protected) or not fs.writable(path):
+            continue
+        if facts.fact(path).kind == "missing":
+            first = _first_missing(path, root, facts)
+            kind = "dir" if first != path else _placeholder_kind(path, root)
+            placeholders.setdefault(first, kind)
+            path = first
+        protected.append(path)
+    fs = FilesystemPolicy(
+        deny_read=fs.deny_read,
+        allow_read=fs.allow_read,
+        allow_write=tuple(roots),
+        deny_write=tuple(dict.fromkeys([*fs.deny_write, *protected])),
+        sources=fs.sources,
+    )
+
+    # Read-denied paths that do not exist inside a writable root could be
+    # created by the command: give them an empty placeholder too.
+    for path in fs.deny_read:
+        if facts.fact(path).kind == "missing" and any(is_within(path, r) for r in roots):
+            root = next(r for r in roots if is_within(path, r))
+            placeholders.setdefault(_first_missing(path, root, facts), "dir")
+
+    def kind_of(path: str) -> Kind:
+        if path in placeholders:
+            return "dir" if placeholders[path] == "dir" else "file"
+        return facts.fact(path).kind
+
+    # Directories between a root and a protected path: pin them in place.
+    pinned: set[str] = set()
+    for path in fs.deny_write:
+        for root in roots:
+            if is_within(path, root) and path != root:
+                d = _parent(path)
+                while d != root and is_within(d, root):
+                    pinned.add(d)
+                    d = _parent(d)
+
+    private_tmp = not any(is_within("/tmp", r) for r in roots)
+    rule_paths = set(fs.allow_write) | set(fs.deny_write) | set(fs.deny_read)
+    rule_paths |= set(fs.allow_read) | pinned
+    if private_tmp:
+        rule_paths |= {_real(facts, p) for p in spec.keep_visible if is_within(p, "/tmp")}
+    mounts = _mounts(fs, rule_paths, kind_of, spec, private_tmp)
+
+    env = _environment(policy, spec)
+    argv = _argv(mounts, spec, policy)
+    return SandboxPlan(
+        argv=argv,
+        env=env,
+        mounts=tuple(mounts),
+        placeholders=tuple(sorted(placeholders.items())),
+        resolved=fs,
+        protected=tuple(dict.fromkeys(protected)),
+        private_tmp=private_tmp,
+    )
+
+
+def _mounts(
+    fs: FilesystemPolicy,
+    rule_paths: set[str],
+    kind_of: Callable[[str], Kind],
+    spec: LaunchSpec,
+    private_tmp: bool,
+) -> list[Mount]:
+    mounts = [Mount("ro-bind", "/", "/"), Mount("dev", "/dev"), Mount("proc", "/proc")]
+    mounts.append(Mount("tmpfs-1777", "/dev/shm"))
+    mounts.append(Mount("tmpfs", "/run"))
+    if private_tmp:
+        mounts.append(Mount("tmpfs-1777", "/tmp"))
+    remount: list[str] = ["/run"]
+
+    # state of the nearest mount above a path: readable or not
+    denied_dirs: list[str] = []
+    for path in sorted(rule_paths, key=lambda p: (_depth(p), p)):
+        if path == "/":
+            if fs.writable("/"):
+                mounts[0] = Mount("bind", "/", "/")
+            continue
+        kind = kind_of(path)
+        readable = fs.readable(path)
+        inside_denied = any(is_within(path, d) for d in denied_dirs)
+        if not readable:
+            if inside_denied or kind == "missing":
+                continue
+            if kind == "dir":
+                mounts.append(Mount("tmpfs", path))
+                denied_dirs.append(path)
+                remount.append(path)
+            else:
+                mounts.append(Mount("deny-file", path))
+            continue
+        if kind == "missing" and not inside_denied:
+            continue
+        if kind == "missing":
+            # re-allowed inside a denied directory, but not there on the host
+            continue
+        op = "bind" if fs.writable(path) else "ro-bind"
+        mounts.append(Mount(op, path, path))
+
+    if spec.proxy_dir is not None:
+        mounts.append(Mount("ro-bind", PROXY_DIR_INSIDE, spec.proxy_dir))
+    mounts.extend(Mount("remount-ro", d) for d in sorted(remount, key=_depth, reverse=True))
+    return mounts
+
+
+def _mount_args(m: Mount, run_dir: str) -> list[str]:
+    if m.op in ("bind", "ro-bind"):
+        return [f"--{m.op}", m.src, m.dest]
+    if m.op == "dev":
+        return ["--dev", m.dest]
+    if m.op == "proc":
+        return ["--proc", m.dest]
+    if m.op == "tmpfs":
+        return ["--perms", "0755", "--tmpfs", m.dest]
+    if m.op == "tmpfs-1777":
+        return ["--perms", "01777", "--tmpfs", m.dest]
+    if m.op == "deny-file":
+        return ["--ro-bind", posixpath.join(run_dir, "denied"), m.dest]
+    if m.op == "remount-ro":
+        return ["--remount-ro", m.dest]
+    raise ValueError(f"unknown mount operation {m.op!r}")
+
+
+def init_config(policy: Policy, spec: LaunchSpec) -> dict[str, object]:
+    """What :mod:`.init` needs to know, passed as one JSON argument."""
+    return {
+        "proxy_dir": PROXY_DIR_INSIDE if spec.proxy_dir is not None else None,
+        "http_port": HTTP_PORT,
+        "socks_port": SOCKS_PORT,
+        "seccomp": spec.seccomp,
+        "allow_unix_sockets": policy.network.allow_all_unix_sockets,
+        "tty": spec.tty,
+    }
+
+
+#: The inline program that starts :mod:`.init` with ``python -I -S``: no
+#: site-packages scan and no environment-controlled start-up.
+BOOT = (
+    "import sys;sys.path.insert(0,sys.argv[1]);"
+    "from srt_kernel.sandbox.init import main;sys.exit(main(sys.argv[2:]))"
+)
+
+
+def _argv(mounts: list[Mount], spec: LaunchSpec, policy: Policy) -> tuple[str, ...]:
+    argv = [
+        spec.bwrap,
+        "--unshare-user",
+        "--unshare-pid",
+        "--unshare-net",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--unshare-cgroup-try",
+        "--disable-userns",
+        "--cap-drop",
+        "ALL",
+        "--die-with-parent",
+        "--new-session",
+        "--as-pid-1",
+        "--hostname",
+        "sandbox",
+    ]
+    for m in mounts:
+        argv += _mount_args(m, spec.run_dir)
+    argv += ["--chdir", spec.cwd]
+    if spec.info_fd is not None:
+        argv += ["--info-fd", str(spec.info_fd)]
+    argv += ["--", spec.python, "-I", "-S", "-c", BOOT, spec.package_parent]
+    argv += [json.dumps(init_config(policy, spec), sort_keys=True), "--"]
+    argv += list(spec.command)
+    return tuple(argv)
+
+
+def _environment(policy: Policy, spec: LaunchSpec) -> dict[str, str]:
+    allow = set(BASE_ENV_ALLOW) | set(policy.env_allow) | {
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "REQUESTS_CA_BUNDLE",
+        "CURL_CA_BUNDLE",
+        "VIRTUAL_ENV",
+    }
+    env = {k: v for k, v in spec.host_env.items() if k in allow}
+    env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
+    env["TMPDIR"] = "/tmp"
+    env["SRT_KERNEL_SANDBOX"] = "1"
+    # Tools that write caches and config get private places, so that no
+    # read-only warning ends up in the output.
+    env["XDG_CACHE_HOME"] = "/tmp/.cache"
+    env["MPLCONFIGDIR"] = "/tmp/.config/matplotlib"
+    if spec.proxy_dir is not None:
+        http = f"http://127.0.0.1:{HTTP_PORT}"
+        for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+            env[name] = http
+            env[name.lower()] = http
+        env["NO_PROXY"] = env["no_proxy"] = ""
+        env["SRT_KERNEL_SOCKS_PROXY"] = f"socks5h://127.0.0.1:{SOCKS_PORT}"
+    env.update(spec.extra_env)
+    return env

@@ -1,0 +1,171 @@
+"""Private run directories and placeholders, and what a killed run left.
+
+Each sandbox gets a directory of its own under
+:func:`srt_kernel.locations.runtime_root` (mode 0700, checked to be ours):
+the proxy's sockets, the unreadable file that stands in for denied files,
+and a manifest of the placeholders created on the host.  At exit both are
+removed; a launcher killed with SIGKILL cannot do that, so every start
+first removes what runs whose process is gone left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from srt_kernel.errors import SandboxError
+
+logger = logging.getLogger(__name__)
+
+_MANIFEST = "placeholders.json"
+
+
+def ensure_private_dir(path: Path) -> Path:
+    """Create ``path`` mode 0700, or check that an existing one is ours."""
+    try:
+        path.mkdir(mode=0o700, parents=True)
+    except FileExistsError:
+        pass
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        raise SandboxError(
+            f"{path} is not a directory owned by you; remove it, or set "
+            "XDG_RUNTIME_DIR to a private folder."
+        )
+    if stat.S_IMODE(st.st_mode) & 0o077:
+        os.chmod(path, 0o700)
+    return path
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale(root: Path) -> list[Path]:
+    """Remove run directories (and placeholders) of runs that are gone."""
+    removed: list[Path] = []
+    if not root.is_dir():
+        return removed
+    for entry in root.iterdir():
+        name = entry.name
+        if not name.startswith("run-"):
+            continue
+        try:
+            pid = int(name.split("-")[1])
+        except (IndexError, ValueError):
+            continue
+        if _pid_alive(pid):
+            continue
+        RunDir(entry).remove()
+        removed.append(entry)
+    return removed
+
+
+@dataclass
+class RunDir:
+    """One sandbox's private directory on the host."""
+
+    path: Path
+    created: list[tuple[str, str, int]] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, root: Path) -> RunDir:
+        ensure_private_dir(root)
+        clean_stale(root)
+        path = root / f"run-{os.getpid()}-{os.urandom(4).hex()}"
+        path.mkdir(mode=0o700)
+        run = cls(path)
+        denied = path / "denied"
+        fd = os.open(denied, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o000)
+        os.close(fd)
+        os.chmod(denied, 0o000)
+        return run
+
+    @property
+    def proxy_dir(self) -> Path:
+        return self.path / "proxy"
+
+    def make_placeholders(self, placeholders: tuple[tuple[str, str], ...]) -> None:
+        """Create each missing protected path as an empty file or folder.
+
+        Created without following symlinks, and recorded (with its inode) in
+        the manifest before the next one, so a crash leaves nothing unknown.
+        """
+        for path, kind in placeholders:
+            try:
+                if kind == "dir":
+                    os.mkdir(path, 0o755)
+                    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+                else:
+                    fd = os.open(
+                        path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o644
+                    )
+            except FileExistsError:
+                # Appeared since the facts were gathered: it exists, so the
+                # mount has something to sit on; nothing of ours to remove.
+                continue
+            except OSError as exc:
+                raise SandboxError(
+                    f"cannot create the placeholder {path} that protects a "
+                    f"missing protected path: {exc.strerror}. Check that the "
+                    "folder is writable, or remove it from allowWrite."
+                ) from exc
+            try:
+                ino = os.fstat(fd).st_ino
+            finally:
+                os.close(fd)
+            self.created.append((path, kind, ino))
+            self._write_manifest()
+
+    def _write_manifest(self) -> None:
+        tmp = self.path / (_MANIFEST + ".tmp")
+        tmp.write_text(json.dumps(self.created))
+        os.replace(tmp, self.path / _MANIFEST)
+
+    def remove_placeholders(self) -> list[str]:
+        """Remove the placeholders that are still empty and still ours.
+
+        Returns those left in place because something was written into them
+        (from the host: the sandbox could not write there).
+        """
+        manifest = self.path / _MANIFEST
+        if not self.created and manifest.exists():
+            try:
+                self.created = [tuple(x) for x in json.loads(manifest.read_text())]  # type: ignore[misc]
+            except (OSError, ValueError):
+                self.created = []
+        kept: list[str] = []
+        for path, kind, ino in reversed(self.created):
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            if st.st_ino != ino:
+                kept.append(path)
+                continue
+            try:
+                if kind == "dir" and stat.S_ISDIR(st.st_mode):
+                    os.rmdir(path)
+                elif kind == "file" and stat.S_ISREG(st.st_mode) and st.st_size == 0:
+                    os.unlink(path)
+                else:
+                    kept.append(path)
+            except OSError:
+                kept.append(path)
+        self.created = []
+        return kept
+
+    def remove(self) -> None:
+        self.remove_placeholders()
+        shutil.rmtree(self.path, ignore_errors=True)
