@@ -40,32 +40,31 @@ Kind = Literal["file", "dir", "missing", "other"]
 #: Names that trusted tools read or run later.  Every existing one below a
 #: writable root is protected wherever a scan finds it; those marked
 #: ``at_root`` are protected at each writable root even before they exist
-#: (tools read them from the folder they start in).  Shell start-up files
-#: matter in the home folder, which :mod:`srt_kernel.locations` protects
-#: by absolute path.  ``(relative path, kind of placeholder, at_root)``.
+#: (tools read them from the folder they start in, and a writable root may
+#: be someone's home).  ``(relative path, kind of placeholder, at_root)``.
 PROTECTED_NAMES: tuple[tuple[str, Literal["file", "dir"], bool], ...] = (
     # shell start-up files
-    (".bashrc", "file", False),
-    (".bash_profile", "file", False),
-    (".bash_login", "file", False),
-    (".bash_logout", "file", False),
-    (".profile", "file", False),
-    (".zshrc", "file", False),
-    (".zshenv", "file", False),
-    (".zprofile", "file", False),
-    (".zlogin", "file", False),
-    (".cshrc", "file", False),
-    (".tcshrc", "file", False),
-    (".kshrc", "file", False),
-    (".inputrc", "file", False),
+    (".bashrc", "file", True),
+    (".bash_profile", "file", True),
+    (".bash_login", "file", True),
+    (".bash_logout", "file", True),
+    (".profile", "file", True),
+    (".zshrc", "file", True),
+    (".zshenv", "file", True),
+    (".zprofile", "file", True),
+    (".zlogin", "file", True),
+    (".cshrc", "file", True),
+    (".tcshrc", "file", True),
+    (".kshrc", "file", True),
+    (".inputrc", "file", True),
     (".envrc", "file", True),
     # git: hooks and config run code on the next commit or fetch
     (".git/hooks", "dir", True),
     (".git/config", "file", True),
     (".git/info", "dir", True),
     (".git/modules", "dir", True),
-    (".gitconfig", "file", False),
-    (".gitmodules", "file", False),
+    (".gitconfig", "file", True),
+    (".gitmodules", "file", True),
     (".husky", "dir", False),
     # editors and agents that run project-local configuration
     (".vscode", "dir", True),
@@ -252,8 +251,8 @@ def plan_sandbox(policy: Policy, facts: FsFacts, spec: LaunchSpec) -> SandboxPla
         root = next((r for r in sorted(roots, key=_depth) if is_within(path, r)), None)
         if root is None or path == root:
             continue
-        # already read-only: inside a protected folder or a deny-write rule
-        if any(is_within(path, p) for p in protected) or not fs.writable(path):
+        # already read-only: inside a protected folder, or not readable
+        if any(is_within(path, p) for p in protected) or not fs.readable(path):
             continue
         if facts.fact(path).kind == "missing":
             first = _first_missing(path, root, facts)
