@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from srt_kernel import __version__, locations
 from srt_kernel import policy as pol
 from srt_kernel.errors import PolicyError, SandboxUnavailable, SrtKernelError
-from srt_kernel.hosts import parse_pattern
+from srt_kernel.hosts import HostPattern, parse_pattern
 
 logger = logging.getLogger(__name__)
 
@@ -34,20 +34,53 @@ def _add_policy_options(p: argparse.ArgumentParser) -> None:
         help="settings file (default: ~/.config/srt-kernel/settings.json, "
         "else ~/.srt-settings.json)",
     )
-    p.add_argument("--allow", action="append", default=[], metavar="DOMAIN",
-                   help="also allow this domain (repeatable)")
-    p.add_argument("--deny", action="append", default=[], metavar="DOMAIN",
-                   help="deny this domain (repeatable)")
-    p.add_argument("--no-network", action="store_true",
-                   help="no network at all, whatever the settings allow")
-    p.add_argument("--write", action="append", default=[], metavar="PATH",
-                   help="also allow writes below PATH (repeatable)")
-    p.add_argument("--deny-write", action="append", default=[], metavar="PATH",
-                   help="deny writes below PATH (repeatable)")
-    p.add_argument("--deny-read", action="append", default=[], metavar="PATH",
-                   help="deny reads below PATH (repeatable)")
-    p.add_argument("--allow-read", action="append", default=[], metavar="PATH",
-                   help="re-allow reads below PATH inside a denied one")
+    p.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="DOMAIN",
+        help="also allow this domain (repeatable)",
+    )
+    p.add_argument(
+        "--deny",
+        action="append",
+        default=[],
+        metavar="DOMAIN",
+        help="deny this domain (repeatable)",
+    )
+    p.add_argument(
+        "--no-network",
+        action="store_true",
+        help="no network at all, whatever the settings allow",
+    )
+    p.add_argument(
+        "--write",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="also allow writes below PATH (repeatable)",
+    )
+    p.add_argument(
+        "--deny-write",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="deny writes below PATH (repeatable)",
+    )
+    p.add_argument(
+        "--deny-read",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="deny reads below PATH (repeatable)",
+    )
+    p.add_argument(
+        "--allow-read",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="re-allow reads below PATH inside a denied one",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,7 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run untrusted code in an OS sandbox (bubblewrap) whose only "
         "way out is a filtering proxy.",
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {__version__}"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser(
@@ -66,10 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
         "options. Use -- before the command, or -c 'STRING' for a shell line.",
     )
     _add_policy_options(run)
-    run.add_argument("-c", dest="shell", metavar="STRING",
-                     help="run STRING with bash (or sh)")
-    run.add_argument("--debug", action="store_true",
-                     help="say what the sandbox was built from")
+    run.add_argument(
+        "-c", dest="shell", metavar="STRING", help="run STRING with bash (or sh)"
+    )
+    run.add_argument(
+        "--debug", action="store_true", help="say what the sandbox was built from"
+    )
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARG]...")
 
     sub.add_parser("doctor", help="check that this machine can build the sandbox")
@@ -84,7 +121,7 @@ def _policy_from_args(args: argparse.Namespace) -> pol.Policy:
     source = "command line"
     policy = pol.resolve(context, locations.user_layers(args.settings, context))
 
-    def patterns(values: Sequence[str], flag: str) -> list[pol.HostPattern]:
+    def patterns(values: Sequence[str], flag: str) -> list[HostPattern]:
         return [parse_pattern(v, field=flag, source=source) for v in values]
 
     def paths(values: Sequence[str], flag: str) -> list[str]:

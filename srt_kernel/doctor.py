@@ -84,7 +84,9 @@ def _check_bwrap() -> tuple[Check, str | None]:
         )
         version = out.stdout.strip() or out.stderr.strip()
     except (OSError, subprocess.TimeoutExpired) as exc:
-        return Check("bubblewrap", False, f"{path} does not run: {exc}", install_hint()), None
+        return Check(
+            "bubblewrap", False, f"{path} does not run: {exc}", install_hint()
+        ), None
     return Check("bubblewrap", True, f"{path} ({version})"), path
 
 
@@ -153,7 +155,9 @@ def _check_userns(bwrap: str) -> Check:
     try:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        return Check("user namespaces", False, f"bwrap did not run: {exc}", _userns_fix())
+        return Check(
+            "user namespaces", False, f"bwrap did not run: {exc}", _userns_fix()
+        )
     if out.returncode != 0:
         detail = out.stderr.strip() or f"bwrap exited with status {out.returncode}"
         return Check("user namespaces", False, detail, _userns_fix())
@@ -192,7 +196,9 @@ def _check_landlock() -> Check:
     abi = landlock_abi()
     if abi:
         return Check(
-            "landlock", True, f"available (ABI {abi}); not needed while bwrap works",
+            "landlock",
+            True,
+            f"available (ABI {abi}); not needed while bwrap works",
             required=False,
         )
     return Check(

@@ -47,11 +47,18 @@ def srt_settings_path() -> Path:
     return Path(home()) / ".srt-settings.json"
 
 
+#: Unix socket paths are limited to 107 bytes; run directories hold
+#: sockets a few levels down, so their root must stay short.
+_MAX_RUNTIME_ROOT = 60
+
+
 def runtime_root() -> Path:
     """The parent of every sandbox's private run directory (mode 0700)."""
     base = os.environ.get("XDG_RUNTIME_DIR")
     if base and os.path.isdir(base) and os.access(base, os.W_OK):
-        return Path(base) / "srt-kernel"
+        root = Path(base) / "srt-kernel"
+        if len(str(root)) <= _MAX_RUNTIME_ROOT:
+            return root
     return Path("/tmp") / f"srt-kernel-{os.getuid()}"
 
 

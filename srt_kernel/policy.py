@@ -311,9 +311,7 @@ def _deepest_ancestor(roots: Iterable[str], path: str) -> str | None:
     return best
 
 
-def normalize_path(
-    text: object, *, context: Context, field: str, source: str
-) -> str:
+def normalize_path(text: object, *, context: Context, field: str, source: str) -> str:
     """Make one path entry absolute and normal, or raise :class:`PolicyError`.
 
     ``~`` and ``~/x`` expand to the user's home, relative paths are taken
@@ -403,7 +401,7 @@ class Layer:
 def _expect_list(value: object, field: str, source: str) -> list[object]:
     if not isinstance(value, list):
         raise PolicyError(
-            f"{field} must be a list, like [\"example.com\"]; got {value!r}.",
+            f'{field} must be a list, like ["example.com"]; got {value!r}.',
             field=field,
             value=value,
             source=source,
@@ -479,7 +477,7 @@ def _parse_network(
             except ValueError as exc:
                 raise PolicyError(
                     f"{f} entry {entry!r} is not an IP address or network; write "
-                    "it like \"10.0.0.0/8\" or \"192.0.2.7\".",
+                    'it like "10.0.0.0/8" or "192.0.2.7".',
                     field=f,
                     value=entry,
                     source=source,
@@ -497,7 +495,7 @@ def _parse_network(
             except ValueError as exc:
                 raise PolicyError(
                     f"{f} maps {name!r} to {address!r}, which is not an IP "
-                    "address; write it like {\"db.internal\": \"10.1.2.3\"}.",
+                    'address; write it like {"db.internal": "10.1.2.3"}.',
                     field=f,
                     value=address,
                     source=source,
@@ -521,9 +519,8 @@ def _parse_network(
 
     for key in ("allowUnixSockets", "httpProxyPort", "socksProxyPort"):
         if key in net:
-            warnings.append(
-                f"{source}: network.{key} is not used: {_SRT_IGNORED['network.' + key]}."
-            )
+            why = _SRT_IGNORED["network." + key]
+            warnings.append(f"{source}: network.{key} is not used: {why}.")
     return out
 
 
@@ -548,9 +545,7 @@ def _parse_paths(
     return out
 
 
-def parse_layer(
-    data: object, *, source: str, context: Context, trusted: bool
-) -> Layer:
+def parse_layer(data: object, *, source: str, context: Context, trusted: bool) -> Layer:
     """Validate one settings document (a file, notebook metadata, options).
 
     ``trusted`` is True for the user's own settings; untrusted layers
@@ -612,7 +607,7 @@ def parse_layer(
                 if not isinstance(name, str) or not _ENV_NAME_RE.fullmatch(name):
                     raise PolicyError(
                         f"environment.allow entry {name!r} is not a variable name; "
-                        "write names like \"OPENAI_API_KEY\".",
+                        'write names like "OPENAI_API_KEY".',
                         field="environment.allow",
                         value=name,
                         source=source,
@@ -673,8 +668,7 @@ def default_policy(context: Context) -> Policy:
     )
     allow_write = (norm(context.base_dir, "filesystem.allowWrite"),)
     sources = tuple((p, "denyRead", "built-in defaults") for p in deny_read) + tuple(
-        (p, "allowWrite", "built-in defaults (the working folder)")
-        for p in allow_write
+        (p, "allowWrite", "built-in defaults (the working folder)") for p in allow_write
     )
     return Policy(
         filesystem=FilesystemPolicy(
@@ -723,8 +717,12 @@ def widen(policy: Policy, layer: Layer) -> Policy:
         network=new_net,
         filesystem=new_fs,
         env_allow=_unique(policy.env_allow + (layer.env_allow or ())),
-        run_without_seccomp=_pick(layer.run_without_seccomp, policy.run_without_seccomp),
-        allow_active_output=_pick(layer.allow_active_output, policy.allow_active_output),
+        run_without_seccomp=_pick(
+            layer.run_without_seccomp, policy.run_without_seccomp
+        ),
+        allow_active_output=_pick(
+            layer.allow_active_output, policy.allow_active_output
+        ),
         notes=policy.notes + layer.warnings,
     )
 
@@ -781,8 +779,7 @@ def intersect(base: Policy, request: Policy) -> Policy:
         denied_resolved=_unique(bn.denied_resolved + rn.denied_resolved),
         host_addresses=bn.host_addresses,
         allow_local_binding=bn.allow_local_binding and rn.allow_local_binding,
-        allow_all_unix_sockets=bn.allow_all_unix_sockets
-        and rn.allow_all_unix_sockets,
+        allow_all_unix_sockets=bn.allow_all_unix_sockets and rn.allow_all_unix_sockets,
         sources=_unique(bn.sources + rn.sources),
     )
     return Policy(
@@ -823,7 +820,9 @@ def tighten(policy: Policy, layer: Layer) -> Policy:
         filesystem=FilesystemPolicy(
             deny_read=layer.deny_read or (),
             allow_read=layer.allow_read or (),
-            allow_write=fs.allow_write if layer.allow_write is None else layer.allow_write,
+            allow_write=fs.allow_write
+            if layer.allow_write is None
+            else layer.allow_write,
             deny_write=layer.deny_write or (),
             sources=_path_sources(layer),
         ),
@@ -832,14 +831,18 @@ def tighten(policy: Policy, layer: Layer) -> Policy:
         allow_active_output=policy.allow_active_output,
     )
     result = intersect(policy, request)
-    return replace(result, notes=result.notes + layer.warnings + _refused(policy, layer))
+    return replace(
+        result, notes=result.notes + layer.warnings + _refused(policy, layer)
+    )
 
 
 def _refused(policy: Policy, layer: Layer) -> tuple[str, ...]:
     """Plain-words notes for what an untrusted layer asked and did not get."""
     notes: list[str] = []
     for pattern in layer.allowed_domains or ():
-        if not any(intersect_patterns(pattern, a) == pattern for a in policy.network.allowed):
+        if not any(
+            intersect_patterns(pattern, a) == pattern for a in policy.network.allowed
+        ):
             notes.append(
                 f"{layer.source} asks to reach {pattern.text!r}, which your "
                 "settings do not allow; it was not granted."
@@ -915,12 +918,14 @@ def describe(policy: Policy) -> str:
     lines.append("Network:")
     if not net.allowed:
         lines.append("  no network (no allowed domains)")
-    for p in net.allowed:
-        lines.append(f"  allow  {p.text:<32} from {origin.get(p.text, 'combined layers')}")
-    for p in net.denied:
-        lines.append(f"  deny   {p.text:<32} from {origin.get(p.text, 'combined layers')}")
-    for n in net.denied_resolved:
-        lines.append(f"  deny resolved address {n}")
+    for pattern in net.allowed:
+        came = origin.get(pattern.text, "combined layers")
+        lines.append(f"  allow  {pattern.text:<32} from {came}")
+    for pattern in net.denied:
+        came = origin.get(pattern.text, "combined layers")
+        lines.append(f"  deny   {pattern.text:<32} from {came}")
+    for network in net.denied_resolved:
+        lines.append(f"  deny resolved address {network}")
 
     fs = policy.filesystem
     where = {(p, rule): src for p, rule, src in fs.sources}
@@ -931,8 +936,9 @@ def describe(policy: Policy) -> str:
         ("denyRead", fs.deny_read),
         ("allowRead", fs.allow_read),
     ):
-        for p in paths:
-            lines.append(f"  {rule:<10} {p:<40} from {where.get((p, rule), 'combined layers')}")
+        for path in paths:
+            origin_of = where.get((path, rule), "combined layers")
+            lines.append(f"  {rule:<10} {path:<40} from {origin_of}")
     if policy.protected:
         lines.append(
             f"  {len(policy.protected)} protected paths (config, start-up and "

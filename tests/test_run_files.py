@@ -17,7 +17,9 @@ from tests.conftest import PROBE, SandboxRunner
 pytestmark = pytest.mark.bwrap
 
 
-def probe(sbx: SandboxRunner, op: str, path: Path | str, *extra: str, **kw: object) -> str:
+def probe(
+    sbx: SandboxRunner, op: str, path: Path | str, *extra: str, **kw: object
+) -> str:
     result = sbx.run(
         [sys.executable, "-c", PROBE, op, str(path), *extra],
         **kw,  # type: ignore[arg-type]
@@ -43,7 +45,10 @@ def test_write_inside_working_folder_succeeds(sbx: SandboxRunner) -> None:
 
 
 def test_write_option_adds_a_writable_root(sbx: SandboxRunner) -> None:
-    assert probe(sbx, "create", sbx.outside / "n", options=["--write", str(sbx.outside)]) == "ok"
+    assert (
+        probe(sbx, "create", sbx.outside / "n", options=["--write", str(sbx.outside)])
+        == "ok"
+    )
 
 
 # F2: a read-denied file cannot be read; a read-denied folder is empty and
@@ -125,7 +130,9 @@ PROTECTED = [
 
 
 @pytest.mark.parametrize(("name", "op"), PROTECTED)
-def test_protected_names_in_working_folder(sbx: SandboxRunner, name: str, op: str) -> None:
+def test_protected_names_in_working_folder(
+    sbx: SandboxRunner, name: str, op: str
+) -> None:
     (sbx.project / ".git").mkdir()
     existing = name.startswith(".git/")
     if op == "write" and existing:
@@ -197,7 +204,15 @@ def test_jupyter_and_ipython_files_not_writable_even_under_writable_home(
     opts = ["--write", str(sbx.home)]
     assert probe(sbx, "create", startup / "00-evil.py", options=opts) == "EROFS"
     assert probe(sbx, "write", kernels / "kernel.json", options=opts) == "EROFS"
-    assert probe(sbx, "create", sbx.home / ".jupyter" / "jupyter_server_config.py", options=opts) == "EROFS"
+    assert (
+        probe(
+            sbx,
+            "create",
+            sbx.home / ".jupyter" / "jupyter_server_config.py",
+            options=opts,
+        )
+        == "EROFS"
+    )
     assert probe(sbx, "create", settings_dir / "settings.json", options=opts) == "EROFS"
     assert probe(sbx, "write", sbx.home / ".bashrc", options=opts) == "EROFS"
     assert (kernels / "kernel.json").read_text() == "{}"
@@ -206,7 +221,12 @@ def test_jupyter_and_ipython_files_not_writable_even_under_writable_home(
 
 # F7: credentials and the Jupyter runtime folder are unreadable by default.
 @pytest.mark.parametrize(
-    "rel", [".ssh/id_ed25519", ".aws/credentials", ".local/share/jupyter/runtime/kernel-1.json"]
+    "rel",
+    [
+        ".ssh/id_ed25519",
+        ".aws/credentials",
+        ".local/share/jupyter/runtime/kernel-1.json",
+    ],
 )
 def test_credentials_not_readable(sbx: SandboxRunner, rel: str) -> None:
     path = sbx.home / rel
@@ -219,6 +239,12 @@ def test_credentials_not_readable(sbx: SandboxRunner, rel: str) -> None:
 
 # F8: $TMPDIR exists and is writable, mktemp -d works.
 def test_tmpdir_is_private_and_writable(sbx: SandboxRunner) -> None:
-    result = sbx.run(["sh", "-c", 'd=$(mktemp -d) && echo hi > "$d/x" && cat "$d/x" && echo "$TMPDIR"'])
+    result = sbx.run(
+        [
+            "sh",
+            "-c",
+            'd=$(mktemp -d) && echo hi > "$d/x" && cat "$d/x" && echo "$TMPDIR"',
+        ]
+    )
     assert result.status == 0, result.stderr
     assert result.lines == ["hi", "/tmp"]

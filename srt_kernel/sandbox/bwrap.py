@@ -33,7 +33,7 @@ from types import FrameType
 from typing import IO, Any
 
 from srt_kernel import locations
-from srt_kernel.errors import SandboxError, SandboxUnavailable
+from srt_kernel.errors import SandboxUnavailable
 from srt_kernel.policy import Policy
 from srt_kernel.sandbox import facts as fsfacts
 from srt_kernel.sandbox.plan import LaunchSpec, SandboxPlan, plan_sandbox
@@ -249,10 +249,7 @@ def run_command(
         sys.stderr.write(plan.describe() + "\n")
         sys.stderr.write("bwrap argv: " + json.dumps(list(plan.argv)) + "\n")
     with sandbox:
-        if use_tty:
-            status = _run_with_pty(sandbox)
-        else:
-            status = _run_plain(sandbox)
+        status = _run_with_pty(sandbox) if use_tty else _run_plain(sandbox)
         created = sandbox.created_protected()
     for path in created:
         sys.stderr.write(

@@ -70,7 +70,7 @@ def scan_protected(root: str, skip: Iterable[str] = ()) -> list[str]:
             if entry.name in PROTECTED_FIRST:
                 base = entry.path
                 for name, _kind, _ in PROTECTED_NAMES:
-                    head, _, rest = name.partition("/")
+                    head = name.partition("/")[0]
                     if head != entry.name:
                         continue
                     candidate = posixpath.join(posixpath.dirname(base), name)

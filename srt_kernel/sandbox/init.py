@@ -20,6 +20,7 @@ It imports only the standard library and the seccomp builder, to start fast.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import fcntl
 import json
@@ -51,7 +52,9 @@ def _set_dumpable(value: int) -> None:
         raise OSError(err, f"prctl(PR_SET_DUMPABLE) failed: {os.strerror(err)}")
 
 
-def _child(command: list[str], config: dict[str, object], listeners: list[socket.socket]) -> None:
+def _child(
+    command: list[str], config: dict[str, object], listeners: list[socket.socket]
+) -> None:
     """In the forked child: never returns."""
     try:
         for sock in listeners:
@@ -100,7 +103,10 @@ def main(argv: list[str]) -> int:
     proxy_dir = config.get("proxy_dir")
     if isinstance(proxy_dir, str):
         try:
-            for port_key, name in (("http_port", "http.sock"), ("socks_port", "socks.sock")):
+            for port_key, name in (
+                ("http_port", "http.sock"),
+                ("socks_port", "socks.sock"),
+            ):
                 sock = relay.listen(int(str(config[port_key])))
                 listeners.append(sock)
                 routes.append((sock, os.path.join(proxy_dir, name)))
@@ -114,10 +120,8 @@ def main(argv: list[str]) -> int:
     forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
     def forward(signum: int, _frame: object) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signum)
-        except ProcessLookupError:
-            pass
 
     for sig in forwarded:
         signal.signal(sig, forward)

@@ -212,7 +212,9 @@ def protected_candidates(policy: Policy) -> list[str]:
     out = list(policy.protected)
     for root in policy.filesystem.allow_write:
         out.extend(
-            posixpath.join(root, name) for name, _, at_root in PROTECTED_NAMES if at_root
+            posixpath.join(root, name)
+            for name, _, at_root in PROTECTED_NAMES
+            if at_root
         )
     return out
 
@@ -271,7 +273,9 @@ def plan_sandbox(policy: Policy, facts: FsFacts, spec: LaunchSpec) -> SandboxPla
     # Read-denied paths that do not exist inside a writable root could be
     # created by the command: give them an empty placeholder too.
     for path in fs.deny_read:
-        if facts.fact(path).kind == "missing" and any(is_within(path, r) for r in roots):
+        if facts.fact(path).kind == "missing" and any(
+            is_within(path, r) for r in roots
+        ):
             root = next(r for r in roots if is_within(path, r))
             placeholders.setdefault(_first_missing(path, root, facts), "dir")
 
@@ -294,7 +298,9 @@ def plan_sandbox(policy: Policy, facts: FsFacts, spec: LaunchSpec) -> SandboxPla
     rule_paths = set(fs.allow_write) | set(fs.deny_write) | set(fs.deny_read)
     rule_paths |= set(fs.allow_read) | pinned
     if private_tmp:
-        rule_paths |= {_real(facts, p) for p in spec.keep_visible if is_within(p, "/tmp")}
+        rule_paths |= {
+            _real(facts, p) for p in spec.keep_visible if is_within(p, "/tmp")
+        }
     mounts = _mounts(fs, rule_paths, kind_of, spec, private_tmp)
 
     env = _environment(policy, spec)
@@ -354,7 +360,9 @@ def _mounts(
 
     if spec.proxy_dir is not None:
         mounts.append(Mount("ro-bind", PROXY_DIR_INSIDE, spec.proxy_dir))
-    mounts.extend(Mount("remount-ro", d) for d in sorted(remount, key=_depth, reverse=True))
+    mounts.extend(
+        Mount("remount-ro", d) for d in sorted(remount, key=_depth, reverse=True)
+    )
     return mounts
 
 
@@ -426,13 +434,17 @@ def _argv(mounts: list[Mount], spec: LaunchSpec, policy: Policy) -> tuple[str, .
 
 
 def _environment(policy: Policy, spec: LaunchSpec) -> dict[str, str]:
-    allow = set(BASE_ENV_ALLOW) | set(policy.env_allow) | {
-        "SSL_CERT_FILE",
-        "SSL_CERT_DIR",
-        "REQUESTS_CA_BUNDLE",
-        "CURL_CA_BUNDLE",
-        "VIRTUAL_ENV",
-    }
+    allow = (
+        set(BASE_ENV_ALLOW)
+        | set(policy.env_allow)
+        | {
+            "SSL_CERT_FILE",
+            "SSL_CERT_DIR",
+            "REQUESTS_CA_BUNDLE",
+            "CURL_CA_BUNDLE",
+            "VIRTUAL_ENV",
+        }
+    )
     env = {k: v for k, v in spec.host_env.items() if k in allow}
     env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
     env["TMPDIR"] = "/tmp"

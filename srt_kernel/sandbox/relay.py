@@ -10,6 +10,7 @@ the kernel offers it, so they are never copied into Python.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -64,10 +65,8 @@ def _pump(src: socket.socket, dst: socket.socket) -> None:
     except OSError:
         pass
     finally:
-        try:
+        with contextlib.suppress(OSError):
             dst.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
 
 
 def _copy_loop(src: socket.socket, dst: socket.socket) -> None:

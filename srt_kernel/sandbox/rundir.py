@@ -10,6 +10,7 @@ first removes what runs whose process is gone left behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -27,10 +28,8 @@ _MANIFEST = "placeholders.json"
 
 def ensure_private_dir(path: Path) -> Path:
     """Create ``path`` mode 0700, or check that an existing one is ours."""
-    try:
+    with contextlib.suppress(FileExistsError):
         path.mkdir(mode=0o700, parents=True)
-    except FileExistsError:
-        pass
     st = os.lstat(path)
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
         raise SandboxError(
@@ -109,7 +108,9 @@ class RunDir:
                     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
                 else:
                     fd = os.open(
-                        path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o644
+                        path,
+                        os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW,
+                        0o644,
                     )
             except FileExistsError:
                 # Appeared since the facts were gathered: it exists, so the
@@ -142,7 +143,7 @@ class RunDir:
         manifest = self.path / _MANIFEST
         if not self.created and manifest.exists():
             try:
-                self.created = [tuple(x) for x in json.loads(manifest.read_text())]  # type: ignore[misc]
+                self.created = [tuple(x) for x in json.loads(manifest.read_text())]
             except (OSError, ValueError):
                 self.created = []
         kept: list[str] = []

@@ -1,0 +1,132 @@
+"""The audit log: one JSON object per line for every proxy decision.
+
+Each line is a JSON object with exactly these keys, in this order::
+
+    {"time": "2026-01-01T12:00:00.123456+00:00", "label": "cell 3",
+     "protocol": "http", "host": "other.test", "port": 80,
+     "decision": "deny", "rule": "not in allowedDomains", "address": null}
+
+* ``time``: ISO-8601, UTC.
+* ``label``: what the supervisor was running (``"cell 3"``), may be ``""``.
+* ``protocol``: ``"http"`` (absolute-form request), ``"connect"`` (HTTP
+  CONNECT tunnel) or ``"socks5"``.
+* ``host``: the normalised host (a name, or an address without brackets),
+  or the raw text, quoted by JSON, when it was not valid host grammar.
+* ``port``: an integer.
+* ``decision``: ``"allow"`` or ``"deny"``.
+* ``rule``: the sentence naming the rule that decided.
+* ``address``: the address dialled or refused, or ``null`` before a lookup.
+
+So ``grep '"decision": "deny"'`` lists every refusal.  Writes are
+serialised by a lock; a path is opened for appending with mode 0600.
+Callbacks registered with :meth:`AuditLog.subscribe` see every event in the
+thread that recorded it, and must not block.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal, TextIO
+
+logger = logging.getLogger(__name__)
+
+Protocol_ = Literal["http", "connect", "socks5"]
+DecisionWord = Literal["allow", "deny"]
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """One decision of the proxy, as written to the log."""
+
+    time: str
+    label: str
+    protocol: str
+    host: str
+    port: int
+    decision: str
+    rule: str
+    address: str | None = None
+
+    def to_json(self) -> str:
+        """The event as one line of JSON, keys in the documented order."""
+        return json.dumps(asdict(self), ensure_ascii=True)
+
+
+AuditCallback = Callable[[AuditEvent], None]
+
+
+class AuditLog:
+    """Thread-safe writer of audit events to a file or stream, and callbacks."""
+
+    def __init__(self, target: Path | str | TextIO | None = None) -> None:
+        self._lock = threading.Lock()
+        self._callbacks: list[AuditCallback] = []
+        self._owned = False
+        self._stream: TextIO | None
+        if target is None:
+            self._stream = None
+        elif isinstance(target, str | Path):
+            fd = os.open(
+                target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600
+            )
+            self._stream = os.fdopen(fd, "a", encoding="utf-8")
+            self._owned = True
+        else:
+            self._stream = target
+
+    def subscribe(self, callback: AuditCallback) -> Callable[[], None]:
+        """Call ``callback`` with every future event; returns an unsubscriber."""
+        with self._lock:
+            self._callbacks.append(callback)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if callback in self._callbacks:
+                    self._callbacks.remove(callback)
+
+        return unsubscribe
+
+    def record(
+        self,
+        *,
+        label: str,
+        protocol: Protocol_,
+        host: str,
+        port: int,
+        decision: DecisionWord,
+        rule: str,
+        address: str | None = None,
+    ) -> AuditEvent:
+        """Write one event and hand it to the callbacks."""
+        event = AuditEvent(
+            time=datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            label=label,
+            protocol=protocol,
+            host=host,
+            port=port,
+            decision=decision,
+            rule=rule,
+            address=address,
+        )
+        with self._lock:
+            if self._stream is not None:
+                self._stream.write(event.to_json() + "\n")
+                self._stream.flush()
+            callbacks = list(self._callbacks)
+        for callback in callbacks:
+            callback(event)
+        return event
+
+    def close(self) -> None:
+        """Close the file if this log opened it."""
+        with self._lock:
+            if self._owned and self._stream is not None:
+                self._stream.close()
+            self._stream = None

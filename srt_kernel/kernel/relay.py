@@ -1,0 +1,517 @@
+"""The relay between the frontend and the sandboxed inner kernel.
+
+The frontend connects, as to any kernel, to five TCP ports on loopback that
+the relay binds from the frontend's connection file.  The relay connects to
+the inner kernel's five ``ipc://`` socket files and passes messages across,
+on a thread of its own:
+
+- frontend to inner: verified with the frontend's key (a replayed signature
+  is dropped), remembered as a request, shown to the ``on_request`` hook,
+  and re-signed with the inner kernel's key.  The sandbox never holds the
+  frontend's key.
+- inner to frontend: verified with the inner key, checked by
+  :class:`~srt_kernel.kernel.checks.Gate` (channel, type, parent, marker),
+  cleaned by :class:`~srt_kernel.kernel.sanitize.Sanitizer`, re-signed with
+  the frontend's key and routed only to the frontend that sent the parent
+  request.  Anything that fails is dropped and logged.
+- heartbeat: relayed, not answered by the relay, so that the frontend sees
+  the inner kernel's own liveness (a dead inner kernel is a dead kernel).
+  An echo is passed back only to a frontend that has a ping outstanding.
+
+Before connecting, each socket file is checked with ``lstat``: it must be a
+socket owned by this user, so a symlink planted in the sandbox-writable
+directory cannot point the relay at another socket.  The inner sockets
+never reconnect (``RECONNECT_IVL = -1``).
+
+The supervisor's part: :meth:`Relay.interrupt` sends a signed
+``interrupt_request`` to the inner control channel; :meth:`Relay.inject_output`
+publishes a supervisor output, marked with ``metadata["srt_kernel"]``; the
+``on_idle`` hook may return outputs, which are published between the cell's
+last output and its ``idle`` status.  Hooks run on the relay's thread.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import stat
+import threading
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from srt_kernel.errors import KernelError
+from srt_kernel.kernel import checks, messages
+from srt_kernel.kernel.messages import JSONDict, Message, Signer
+from srt_kernel.kernel.sanitize import Sanitizer
+
+log = logging.getLogger(__name__)
+
+CHANNELS = ("shell", "control", "stdin", "iopub", "hb")
+
+#: Largest heartbeat payload passed on; frontends send a few bytes.
+MAX_HEARTBEAT_BYTES = 1024
+
+
+@dataclass(frozen=True)
+class Output:
+    """An output the supervisor writes: a ``stream`` or a ``display_data``.
+
+    ``content`` is the message content (``{"name": "stderr", "text": ...}``
+    or ``{"data": {...}, "metadata": {...}}``); ``marker`` is what goes under
+    the ``srt_kernel`` metadata key (what kind of report this is).
+    """
+
+    msg_type: str
+    content: JSONDict
+    marker: JSONDict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Connection:
+    """The parts of a connection file that the relay uses."""
+
+    transport: str
+    ip: str
+    ports: Mapping[str, int]
+    key: bytes
+    signature_scheme: str = "hmac-sha256"
+
+    @classmethod
+    def from_dict(cls, info: Mapping[str, Any]) -> Connection:
+        """Read a connection file's dict (``shell_port``, ``key`` ...)."""
+        try:
+            ports = {name: int(info.get(f"{name}_port", 0)) for name in CHANNELS}
+            key = info.get("key", "")
+            return cls(
+                transport=str(info.get("transport", "tcp")),
+                ip=str(info["ip"]),
+                ports=ports,
+                key=key.encode() if isinstance(key, str) else bytes(key),
+                signature_scheme=str(info.get("signature_scheme", "hmac-sha256")),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise KernelError(
+                f"A connection file is missing or has a bad field ({exc}); "
+                "it needs ip, key and the five *_port numbers."
+            ) from exc
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> Connection:
+        """Read a connection file."""
+        try:
+            info = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise KernelError(
+                f"Cannot read the connection file {os.fspath(path)!r} ({exc})."
+            ) from exc
+        if not isinstance(info, dict):
+            raise KernelError(f"The connection file {os.fspath(path)!r} is not JSON.")
+        return cls.from_dict(info)
+
+    def ipc_path(self, channel: str) -> str:
+        """The socket file of ``channel`` for ipc transport."""
+        return f"{self.ip}-{self.ports[channel]}"
+
+
+def check_socket_file(path: str) -> os.stat_result:
+    """Check that ``path`` is a socket (not a symlink) owned by this user."""
+    try:
+        info = os.lstat(path)
+    except OSError as exc:
+        raise KernelError(
+            f"The inner kernel's socket {path!r} cannot be checked ({exc}); "
+            "start the inner kernel and wait for its connection file first."
+        ) from exc
+    if not stat.S_ISSOCK(info.st_mode):
+        raise KernelError(
+            f"The inner kernel's socket {path!r} is not a socket file (a symlink "
+            "or another file was put there); the relay refuses to connect."
+        )
+    if info.st_uid != os.getuid():
+        raise KernelError(
+            f"The inner kernel's socket {path!r} belongs to uid {info.st_uid}, "
+            f"not to this user ({os.getuid()}); the relay refuses to connect."
+        )
+    return info
+
+
+RequestHook = Callable[[str, Message], None]
+ReplyHook = Callable[[str, Message, checks.Request], None]
+IdleHook = Callable[[checks.Request], Sequence[Output]]
+
+
+class Relay:
+    """Relays the five channels between a frontend and the inner kernel.
+
+    ``frontend`` is the frontend's connection (tcp, bound here; a port of 0
+    is chosen at bind time, see :attr:`frontend_ports`); ``inner`` the inner
+    kernel's (ipc, connected here).  ``allow_active_output`` turns output
+    cleaning off; it is read for every message, so the supervisor may change
+    it between cells.  ``banner`` replaces the inner kernel's banner in
+    ``kernel_info_reply``.
+    """
+
+    def __init__(
+        self,
+        frontend: Connection,
+        inner: Connection,
+        *,
+        allow_active_output: bool = False,
+        banner: str | None = None,
+        on_request: RequestHook | None = None,
+        on_reply: ReplyHook | None = None,
+        on_idle: IdleHook | None = None,
+        max_bytes: int = messages.DEFAULT_MAX_BYTES,
+    ) -> None:
+        if frontend.transport != "tcp" or inner.transport != "ipc":
+            raise KernelError(
+                f"The relay binds tcp for the frontend and connects ipc to the "
+                f"inner kernel; got {frontend.transport!r} and {inner.transport!r}."
+            )
+        self.frontend = frontend
+        self.inner = inner
+        self.allow_active_output = allow_active_output
+        self.banner = banner
+        self.on_request = on_request
+        self.on_reply = on_reply
+        self.on_idle = on_idle
+        self.max_bytes = max_bytes
+        self.frontend_ports: dict[str, int] = {}
+        self.session = uuid.uuid4().hex
+
+        self._frontend_signer = Signer(frontend.key, frontend.signature_scheme)
+        self._inner_signer = Signer(inner.key, inner.signature_scheme)
+        self._gate = checks.Gate(checks.RequestTracker())
+        self._sanitizer = Sanitizer()
+        self._seen: OrderedDict[bytes, None] = OrderedDict()
+        self._pings: dict[bytes, int] = {}
+        self._commands: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._wake_address = f"inproc://srt-relay-wake-{self.session}"
+        self._context = zmq.Context()
+        self._sockets: dict[str, zmq.Socket[bytes]] = {}
+
+    # -- the supervisor's interface ------------------------------------------
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Bind, connect and start relaying; raise :class:`KernelError` on failure."""
+        self._thread = threading.Thread(
+            target=self._run, name="srt-kernel-relay", daemon=True
+        )
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise KernelError(f"The relay did not start within {timeout} s.")
+        if self._error is not None:
+            self._thread.join(timeout)
+            if isinstance(self._error, KernelError):
+                raise self._error
+            raise KernelError(f"The relay could not start: {self._error}") from (
+                self._error
+            )
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop relaying and close every socket."""
+        self._stopping.set()
+        self._command("stop", None)
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._context.term()
+
+    def interrupt(self) -> None:
+        """Send a supervisor-signed ``interrupt_request`` to the inner kernel."""
+        self._command("interrupt", None)
+
+    def inject_output(self, parent: JSONDict, output: Output) -> None:
+        """Publish ``output`` on iopub with ``parent`` (a request header)."""
+        if output.msg_type not in {"stream", "display_data"}:
+            raise KernelError(
+                f"The supervisor can inject stream or display_data outputs, not "
+                f"{output.msg_type!r}."
+            )
+        self._command("inject", (dict(parent), output))
+
+    # -- the thread --------------------------------------------------------
+
+    def _command(self, name: str, value: Any) -> None:
+        self._commands.put((name, value))
+        if self._ready.is_set() and self._error is None:
+            wake = self._context.socket(zmq.PUSH)
+            try:
+                wake.linger = 1000
+                wake.connect(self._wake_address)
+                wake.send(b"", zmq.NOBLOCK)
+            except zmq.ZMQError:
+                log.debug("the relay's wake-up could not be sent", exc_info=True)
+            finally:
+                wake.close()
+
+    def _run(self) -> None:
+        try:
+            self._open()
+        except BaseException as exc:
+            self._error = exc
+            self._close()
+            self._ready.set()
+            return
+        self._ready.set()
+        try:
+            self._loop()
+        finally:
+            self._close()
+
+    def _open(self) -> None:
+        ctx = self._context
+        wake = ctx.socket(zmq.PULL)
+        wake.bind(self._wake_address)
+        self._sockets["wake"] = wake
+
+        # The frontend's side: what any kernel binds.
+        kinds = {
+            "shell": zmq.ROUTER,
+            "control": zmq.ROUTER,
+            "stdin": zmq.ROUTER,
+            "iopub": zmq.PUB,
+            "hb": zmq.ROUTER,
+        }
+        for channel, kind in kinds.items():
+            sock = ctx.socket(kind)
+            sock.linger = 1000
+            address = f"tcp://{self.frontend.ip}"
+            port = self.frontend.ports[channel]
+            try:
+                if port:
+                    sock.bind(f"{address}:{port}")
+                else:
+                    port = sock.bind_to_random_port(address)
+            except zmq.ZMQError as exc:
+                sock.close()
+                raise KernelError(
+                    f"Cannot bind the {channel} port {address}:{port} for the "
+                    f"frontend ({exc}); choose a free port."
+                ) from exc
+            self.frontend_ports[channel] = port
+            self._sockets[f"f_{channel}"] = sock
+
+        # The inner side: check each file, then connect once.
+        identity = uuid.uuid4().bytes
+        for channel in CHANNELS:
+            path = self.inner.ipc_path(channel)
+            before = check_socket_file(path)
+            kind = zmq.SUB if channel == "iopub" else zmq.DEALER
+            sock = ctx.socket(kind)
+            sock.linger = 1000
+            sock.setsockopt(zmq.RECONNECT_IVL, -1)
+            # ipykernel answers input() to the shell request's routing id.
+            if channel in {"shell", "stdin"}:
+                sock.setsockopt(zmq.ROUTING_ID, identity)
+            if kind == zmq.SUB:
+                sock.setsockopt(zmq.SUBSCRIBE, b"")
+            self._sockets[f"i_{channel}"] = sock
+            sock.connect(f"ipc://{path}")
+            after = check_socket_file(path)
+            if (before.st_dev, before.st_ino) != (after.st_dev, after.st_ino):
+                raise KernelError(
+                    f"The inner kernel's socket {path!r} was replaced while the "
+                    "relay connected to it; the relay refuses to go on."
+                )
+
+    def _close(self) -> None:
+        for sock in self._sockets.values():
+            sock.close(linger=0)
+        self._sockets.clear()
+
+    def _loop(self) -> None:
+        poller = zmq.Poller()
+        handlers: dict[zmq.Socket[bytes], Callable[[list[bytes]], None]] = {}
+        for name, sock in self._sockets.items():
+            if name == "wake" or name == "f_iopub":
+                continue
+            handlers[sock] = self._handler(name)
+            poller.register(sock, zmq.POLLIN)
+        poller.register(self._sockets["wake"], zmq.POLLIN)
+
+        while not self._stopping.is_set():
+            events = dict(poller.poll(500))
+            if self._sockets["wake"] in events:
+                self._drain_wake()
+            self._run_commands()
+            for sock, handler in handlers.items():
+                if sock not in events:
+                    continue
+                for _ in range(100):
+                    try:
+                        frames = sock.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    handler(frames)
+
+    def _drain_wake(self) -> None:
+        wake = self._sockets["wake"]
+        while True:
+            try:
+                wake.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+
+    def _run_commands(self) -> None:
+        while True:
+            try:
+                name, value = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if name == "stop":
+                self._stopping.set()
+            elif name == "interrupt":
+                self._send_interrupt()
+            elif name == "inject":
+                parent, output = value
+                self._publish(parent, output)
+
+    def _handler(self, name: str) -> Callable[[list[bytes]], None]:
+        side, channel = name.split("_", 1)
+        if channel == "hb":
+            return self._hb_in if side == "f" else self._hb_out
+
+        def handle(frames: list[bytes]) -> None:
+            try:
+                if side == "f":
+                    self._inbound(channel, frames)
+                else:
+                    self._outbound(channel, frames)
+            except KernelError as exc:
+                log.warning("relay %s %s: %s", side, channel, exc)
+            except Exception:
+                # An unknown error drops the message: nothing unchecked passes.
+                log.exception("relay %s %s: message dropped", side, channel)
+
+        return handle
+
+    # -- frontend to inner -------------------------------------------------
+
+    def _inbound(self, channel: str, frames: list[bytes]) -> None:
+        msg = messages.parse(frames, self._frontend_signer, max_bytes=self.max_bytes)
+        if msg.signature in self._seen:
+            raise KernelError("A frontend message replays a signature; dropped.")
+        self._seen[msg.signature] = None
+        while len(self._seen) > 100_000:
+            self._seen.popitem(last=False)
+
+        if channel in checks.REQUEST_CHANNELS:
+            self._gate.tracker.record(channel, msg.header, msg.idents)
+        if self.on_request is not None:
+            self.on_request(channel, msg)
+
+        _, rest = messages.split(frames)
+        signed = rest[1:5]
+        out = [
+            *msg.idents,
+            messages.DELIMITER,
+            self._inner_signer.sign(signed),
+            *rest[1:],
+        ]
+        self._sockets[f"i_{channel}"].send_multipart(out)
+
+    def _hb_in(self, frames: list[bytes]) -> None:
+        if len(frames) < 2 or sum(map(len, frames)) > MAX_HEARTBEAT_BYTES:
+            return
+        ident = frames[0]
+        if len(self._pings) > 1024 and ident not in self._pings:
+            return
+        self._pings[ident] = min(self._pings.get(ident, 0) + 1, 64)
+        self._sockets["i_hb"].send_multipart(frames)
+
+    def _hb_out(self, frames: list[bytes]) -> None:
+        if not frames or sum(map(len, frames)) > MAX_HEARTBEAT_BYTES:
+            return
+        ident = frames[0]
+        pending = self._pings.get(ident, 0)
+        if pending <= 0:
+            log.warning("relay: dropped a heartbeat echo nobody asked for")
+            return
+        if pending == 1:
+            del self._pings[ident]
+        else:
+            self._pings[ident] = pending - 1
+        self._sockets["f_hb"].send_multipart(frames)
+
+    # -- inner to frontend -------------------------------------------------
+
+    def _outbound(self, channel: str, frames: list[bytes]) -> None:
+        msg = messages.parse(frames, self._inner_signer, max_bytes=self.max_bytes)
+        if channel == "iopub" and msg.msg_type == "iopub_welcome":
+            # ipykernel greets each subscriber (JEP 65); this one is the relay.
+            return
+        if msg.parent.get("session") == self.session:
+            log.debug(
+                "relay: answer to the supervisor's %s", msg.parent.get("msg_type")
+            )
+            return
+        request = self._gate.check(channel, msg)
+        msg.content = self._sanitizer.clean(
+            msg.msg_type, msg.content, allow_active_output=self.allow_active_output
+        )
+        if msg.msg_type == "kernel_info_reply":
+            msg.content["debugger"] = False
+            if self.banner is not None:
+                msg.content["banner"] = self.banner
+
+        if (
+            request is not None
+            and channel in checks.REQUEST_CHANNELS
+            and self.on_reply is not None
+        ):
+            self.on_reply(channel, msg, request)
+        if (
+            request is not None
+            and msg.msg_type == "status"
+            and msg.content.get("execution_state") == "idle"
+            and self.on_idle is not None
+        ):
+            for output in self.on_idle(request):
+                self._publish(request.header, output)
+
+        sock = self._sockets["f_iopub" if channel == "iopub" else f"f_{channel}"]
+        sock.send_multipart(messages.serialize(msg, self._frontend_signer))
+
+    def _publish(self, parent: JSONDict, output: Output) -> None:
+        content = dict(output.content)
+        metadata: JSONDict = {checks.MARKER: dict(output.marker)}
+        if output.msg_type == "display_data":
+            inner_metadata = dict(content.get("metadata") or {})
+            inner_metadata[checks.MARKER] = dict(output.marker)
+            content["metadata"] = inner_metadata
+            content.setdefault("transient", {})
+        msg = Message(
+            idents=[],
+            header=messages.new_header(output.msg_type, self.session),
+            parent=dict(parent),
+            metadata=metadata,
+            content=content,
+        )
+        self._sockets["f_iopub"].send_multipart(
+            messages.serialize(msg, self._frontend_signer)
+        )
+
+    def _send_interrupt(self) -> None:
+        msg = Message(
+            idents=[],
+            header=messages.new_header("interrupt_request", self.session),
+            parent={},
+            metadata={},
+            content={},
+        )
+        self._sockets["i_control"].send_multipart(
+            messages.serialize(msg, self._inner_signer)
+        )
+        log.info("relay: sent interrupt_request to the inner kernel")

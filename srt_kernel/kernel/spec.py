@@ -1,0 +1,141 @@
+"""Install and remove the "Python (sandboxed)" kernelspec.
+
+As ipykernel's own installer does: a ``kernel.json`` and the logos are put
+in a temporary folder and handed to jupyter_client's
+``KernelSpecManager.install_kernel_spec`` for ``--user``, ``--sys-prefix``
+or ``--prefix P`` (the system-wide Jupyter data dir when none is given).
+
+The kernel.json runs the supervisor with this interpreter's absolute path
+(``[sys.executable, "-m", "srt_kernel.kernel", "-f", "{connection_file}"]``)
+and says ``"interrupt_mode": "message"``: the frontend then interrupts with
+an ``interrupt_request`` on the control channel, which the relay passes to
+the inner kernel, instead of signalling the supervisor's process group
+(where a signal would also reach bubblewrap unless it sits in a session of
+its own).  This works the same for local frontends and kernel gateways; a
+SIGINT that reaches the supervisor anyway is translated into the same
+message.  ``metadata.debugger`` is false: the debugger is not relayed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+from srt_kernel.errors import KernelError
+
+log = logging.getLogger(__name__)
+
+KERNEL_NAME = "python-sandboxed"
+DISPLAY_NAME = "Python (sandboxed)"
+LOGOS = ("logo-32x32.png", "logo-64x64.png", "logo-svg.svg")
+
+#: The repository's kernelspec folder, with the logos.
+RESOURCES = Path(__file__).resolve().parents[2] / "kernelspec"
+
+
+def parse_env(pairs: Sequence[str]) -> dict[str, str]:
+    """Turn ``--env K=V`` values into a dict; raise on a value without ``=``."""
+    env: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise KernelError(
+                f"The --env value {pair!r} is not KEY=VALUE; write it as "
+                "--env NAME=value."
+            )
+        env[key] = value
+    return env
+
+
+def kernel_json(
+    display_name: str = DISPLAY_NAME, env: Mapping[str, str] | None = None
+) -> dict[str, object]:
+    """The kernel.json this installer writes."""
+    spec: dict[str, object] = {
+        "argv": [
+            str(Path(sys.executable).absolute()),
+            "-m",
+            "srt_kernel.kernel",
+            "-f",
+            "{connection_file}",
+        ],
+        "display_name": display_name,
+        "language": "python",
+        "interrupt_mode": "message",
+        "metadata": {"debugger": False},
+    }
+    if env:
+        spec["env"] = dict(env)
+    return spec
+
+
+def install(
+    *,
+    user: bool = False,
+    sys_prefix: bool = False,
+    prefix: str | None = None,
+    name: str = KERNEL_NAME,
+    display_name: str = DISPLAY_NAME,
+    env: Mapping[str, str] | None = None,
+) -> Path:
+    """Install the kernelspec; return the folder it was installed into."""
+    if sum((user, sys_prefix, prefix is not None)) > 1:
+        raise KernelError(
+            "Choose one of --user, --sys-prefix and --prefix, not several."
+        )
+    if sys_prefix:
+        prefix = sys.prefix
+    with tempfile.TemporaryDirectory(prefix="srt-kernelspec-") as tmp:
+        folder = Path(tmp) / name
+        folder.mkdir()
+        (folder / "kernel.json").write_text(
+            json.dumps(kernel_json(display_name, env), indent=1) + "\n",
+            encoding="utf-8",
+        )
+        for logo in LOGOS:
+            source = RESOURCES / logo
+            if source.is_file():
+                shutil.copyfile(source, folder / logo)
+            else:
+                log.warning(
+                    "kernelspec logo %s not found; installed without it", source
+                )
+        try:
+            dest = KernelSpecManager().install_kernel_spec(
+                str(folder), kernel_name=name, user=user, prefix=prefix
+            )
+        except OSError as exc:
+            raise KernelError(
+                f"Cannot install the kernelspec {name!r} ({exc}); try --user or "
+                "--prefix with a folder you can write."
+            ) from exc
+    log.info("installed kernelspec %s in %s", name, dest)
+    return Path(dest)
+
+
+def uninstall(name: str = KERNEL_NAME, *, prefix: str | None = None) -> Path:
+    """Remove the kernelspec ``name``; return the folder that was removed.
+
+    With ``prefix``, only a spec under that prefix is looked at.
+    """
+    manager = KernelSpecManager()
+    if prefix is not None:
+        manager.kernel_dirs = [str(Path(prefix) / "share" / "jupyter" / "kernels")]
+    try:
+        removed = manager.remove_kernel_spec(name)
+    except (NoSuchKernel, KeyError) as exc:
+        raise KernelError(
+            f"No kernelspec named {name!r} is installed"
+            + (f" under {prefix!r}" if prefix else "")
+            + "; `jupyter kernelspec list` shows the installed ones."
+        ) from exc
+    except OSError as exc:
+        raise KernelError(f"Cannot remove the kernelspec {name!r} ({exc}).") from exc
+    return Path(removed)

@@ -1,0 +1,289 @@
+"""Network: the N cases that need the sandbox, through ``srt-kernel run``.
+
+Upstreams are local HTTP servers on 127.0.0.1 that record every request;
+names under ``.test`` are answered by ``network.hostAddresses`` in the
+settings, so nothing leaves this machine.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import shlex
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from tests.conftest import SandboxRunner
+
+pytestmark = pytest.mark.bwrap
+
+
+@dataclass
+class Upstream:
+    port: int
+    seen: list[str] = field(default_factory=list)
+
+
+@pytest.fixture
+def upstreams() -> Iterator[tuple[Upstream, Upstream]]:
+    servers = []
+    ups = []
+    for name in ("allowed", "other"):
+        up = Upstream(0)
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            record = up
+            label = name
+
+            def do_GET(self) -> None:
+                self.record.seen.append(self.path)
+                body = f"hello from {self.label}\n".encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        up.port = server.server_address[1]
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        ups.append(up)
+    yield ups[0], ups[1]
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def _settings(pa: int) -> dict[str, object]:
+    return {
+        "network": {
+            "allowedDomains": ["allowed.test", "*.wild.test", f"127.0.0.1:{pa}"],
+            "deniedDomains": ["deny.wild.test"],
+            "hostAddresses": {
+                "allowed.test": "127.0.0.1",
+                "other.test": "127.0.0.1",
+                "a.wild.test": "127.0.0.1",
+                "deny.wild.test": "127.0.0.1",
+            },
+        }
+    }
+
+
+CURL = ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}\n", "--max-time", "20"]
+
+
+# N1: with no allowed domains nothing leaves, and files still work.
+def test_no_network_by_default(
+    sbx: SandboxRunner, upstreams: tuple[Upstream, Upstream]
+) -> None:
+    allowed, _ = upstreams
+    # The datagram is aimed at a documentation address from inside the
+    # sandbox's own network namespace, which has no route to anywhere.
+    code = (
+        "import socket, errno\n"
+        "def attempt(f):\n"
+        "    try:\n        f(); return 'ok'\n"
+        "    except OSError as e:\n        return errno.errorcode.get(e.errno, type(e).__name__)\n"
+        f"print(attempt(lambda: socket.create_connection(('127.0.0.1', {allowed.port}), 5)))\n"
+        "print(attempt(lambda: socket.getaddrinfo('example.test', 80)))\n"
+        "print(attempt(lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('192.0.2.1', 53))))\n"
+        "open('written.txt', 'w').write('files work')\n"
+        "print(open('written.txt').read())\n"
+    )
+    result = sbx.py(code)
+    assert result.status == 0, result.stderr
+    tcp, dns, udp, files = result.lines
+    assert tcp == "ECONNREFUSED"  # nothing listens on the sandbox's own loopback
+    assert dns in {"EAI_NONAME", "gaierror", "EAI_AGAIN"} or dns.startswith("-")
+    assert udp == "ENETUNREACH"
+    assert files == "files work"
+    assert allowed.seen == []
+    curl = sbx.run([*CURL, f"http://127.0.0.1:{allowed.port}/"])
+    assert curl.lines == ["000"]
+    assert allowed.seen == []
+
+
+# N2, N3, N4, N6: through the proxy variables.
+def test_allowed_and_refused_hosts(
+    sbx: SandboxRunner, upstreams: tuple[Upstream, Upstream]
+) -> None:
+    allowed, other = upstreams
+    pa = allowed.port
+    script = "; ".join(
+        shlex.join([*CURL, url])
+        for url in (
+            f"http://allowed.test:{pa}/a",
+            f"http://a.wild.test:{pa}/b",
+            f"http://deny.wild.test:{pa}/c",
+            f"http://other.test:{other.port}/d",
+            f"http://wild.test:{pa}/e",
+            f"http://ALLOWED.TEST.:{pa}/f",
+            f"http://allowed.test:{other.port}/g",
+        )
+    )
+    result = sbx.run(["sh", "-c", script], settings=_settings(pa))
+    assert result.lines == ["200", "200", "403", "403", "403", "200", "403"], (
+        result.stderr
+    )
+    assert sorted(allowed.seen) == ["/a", "/b", "/f"]
+    assert other.seen == []
+
+
+def test_refusal_carries_the_marker_and_the_reason(
+    sbx: SandboxRunner, upstreams: tuple[Upstream, Upstream]
+) -> None:
+    allowed, other = upstreams
+    result = sbx.run(
+        ["curl", "-s", "-i", "--max-time", "20", f"http://other.test:{other.port}/"],
+        settings=_settings(allowed.port),
+    )
+    head, _, body = result.stdout.partition("\n\n")  # text mode folds CRLF
+    assert head.startswith("HTTP/1.1 403")
+    assert "X-Proxy-Error: blocked-by-srt-kernel" in head
+    assert "other.test" in body and str(other.port) in body
+    assert "allowedDomains" in body
+    assert other.seen == []
+
+
+def test_https_connect_is_judged_too(
+    sbx: SandboxRunner, upstreams: tuple[Upstream, Upstream]
+) -> None:
+    allowed, other = upstreams
+    # CONNECT to the allowed upstream opens a tunnel (the TLS handshake then
+    # fails against a plain HTTP server); to the other host it is refused.
+    ok = sbx.run(
+        [
+            "curl",
+            "-s",
+            "-v",
+            "--max-time",
+            "20",
+            f"https://allowed.test:{allowed.port}/",
+        ],
+        settings=_settings(allowed.port),
+    )
+    assert "HTTP/1.1 200 Connection established" in ok.stderr
+    refused = sbx.run(
+        ["curl", "-s", "-v", "--max-time", "20", f"https://other.test:{other.port}/"],
+        settings=_settings(allowed.port),
+    )
+    assert "HTTP/1.1 403" in refused.stderr
+    assert other.seen == []
+
+
+# N8: a client that ignores the proxy variables reaches nothing.
+def test_clients_ignoring_the_proxy_reach_nothing(
+    sbx: SandboxRunner, upstreams: tuple[Upstream, Upstream]
+) -> None:
+    allowed, _ = upstreams
+    pa = allowed.port
+    script = (
+        f"curl -s -o /dev/null -w '%{{http_code}}\\n' --max-time 10 --noproxy '*' http://127.0.0.1:{pa}/x; "
+        f"env -i /usr/bin/curl -s -o /dev/null -w '%{{http_code}}\\n' --max-time 10 http://127.0.0.1:{pa}/y"
+    )
+    result = sbx.run(["sh", "-c", script], settings=_settings(pa))
+    assert result.lines == ["000", "000"]
+    assert allowed.seen == []
+
+
+# N13 and P8: the first connection works; common clients work unchanged.
+def test_python_clients_work_first_time(
+    sbx: SandboxRunner, upstreams: tuple[Upstream, Upstream]
+) -> None:
+    allowed, _ = upstreams
+    url = f"http://allowed.test:{allowed.port}"
+    code = (
+        "import urllib.request, requests, httpx\n"
+        f"print(urllib.request.urlopen('{url}/urllib').read().decode().strip())\n"
+        f"print(requests.get('{url}/requests').text.strip())\n"
+        f"print(httpx.get('{url}/httpx').text.strip())\n"
+    )
+    result = sbx.py(code, settings=_settings(allowed.port))
+    assert result.status == 0, result.stderr
+    assert result.lines == ["hello from allowed"] * 3
+    assert allowed.seen == ["/urllib", "/requests", "/httpx"]
+
+
+def test_git_clone_through_the_proxy(
+    sbx: SandboxRunner, upstreams: tuple[Upstream, Upstream]
+) -> None:
+    # a dumb-HTTP repository served by a local server
+    repo = sbx.root / "srv" / "repo"
+    repo.mkdir(parents=True)
+
+    def run(*argv: str) -> None:
+        subprocess.run(argv, cwd=repo, check=True, capture_output=True)
+
+    run("git", "init", "-q", "-b", "main")
+    (repo / "README").write_text("served\n")
+    run("git", "add", "README")
+    run(
+        "git", "-c", "user.name=t", "-c", "user.email=t@t.test", "commit", "-qm", "init"
+    )
+    bare = sbx.root / "srv" / "repo.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(repo), str(bare)], check=True)
+    subprocess.run(["git", "update-server-info"], cwd=bare, check=True)
+
+    handler = functools.partial(
+        http.server.SimpleHTTPRequestHandler, directory=str(bare.parent)
+    )
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        settings = {
+            "network": {
+                "allowedDomains": [f"git.test:{port}"],
+                "hostAddresses": {"git.test": "127.0.0.1"},
+            }
+        }
+        settings["network"]["allowedDomains"].append(f"127.0.0.1:{port}")  # type: ignore[index]
+        result = sbx.run(
+            ["git", "clone", "-q", f"http://git.test:{port}/repo.git", "copy"],
+            settings=settings,
+        )
+        assert result.status == 0, result.stderr
+        assert (sbx.project / "copy" / "README").read_text() == "served\n"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_proxy_gone_means_no_network(sbx: SandboxRunner) -> None:
+    # nothing listens on the relay's ports unless the policy allows a host
+    code = (
+        "import socket, errno\n"
+        "try:\n    socket.create_connection(('127.0.0.1', 3128), 5); print('connected')\n"
+        "except OSError as e:\n    print(errno.errorcode[e.errno])\n"
+    )
+    assert sbx.py(code).lines == ["ECONNREFUSED"]
+
+
+def test_loopback_of_the_host_is_not_the_sandboxs(sbx: SandboxRunner) -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    listener.settimeout(0.5)
+    try:
+        result = sbx.run(
+            [
+                sys.executable,
+                "-c",
+                f"import socket; socket.create_connection(('127.0.0.1', {port}), 3)",
+            ]
+        )
+        assert "ConnectionRefusedError" in result.stderr
+        with pytest.raises(TimeoutError):
+            listener.accept()
+    finally:
+        listener.close()
