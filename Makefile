@@ -18,7 +18,7 @@ setup: $(STAMP) bwrap
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,demo]'
 	touch $(STAMP)
 
 bwrap:
@@ -35,7 +35,8 @@ bwrap:
 
 demo: setup
 	$(VENV)/bin/srt-kernel doctor
-	$(PY) -m srt_kernel.demo
+	$(VENV)/bin/srt-kernel install --sys-prefix
+	cd notebooks && ../$(VENV)/bin/srt-kernel execute demo.ipynb -o out/demo.ipynb
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check srt_kernel tests benchmarks

@@ -8,3 +8,10 @@ the sandbox's only way out, ``%%sandbox`` magics for plain IPython, and the
 from __future__ import annotations
 
 __version__ = "0.1.0"
+
+
+def load_ipython_extension(ipython: object) -> None:
+    """``%load_ext srt_kernel``: register the sandbox magics."""
+    from srt_kernel.magics import load_ipython_extension as load
+
+    load(ipython)

@@ -111,8 +111,72 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("doctor", help="check that this machine can build the sandbox")
 
-    show = sub.add_parser("policy", help="show the policy that would apply")
+    show = sub.add_parser(
+        "policy",
+        help="show the policy that would apply, and where each part comes from",
+    )
     _add_policy_options(show)
+    show.add_argument(
+        "notebook",
+        nargs="?",
+        metavar="NOTEBOOK",
+        help="apply this notebook's sandbox metadata too",
+    )
+
+    install = sub.add_parser("install", help='install the "Python (sandboxed)" kernel')
+    where = install.add_mutually_exclusive_group()
+    where.add_argument("--user", action="store_true", help="for this user only")
+    where.add_argument(
+        "--sys-prefix",
+        action="store_true",
+        help="into this Python environment (sys.prefix)",
+    )
+    where.add_argument("--prefix", metavar="P", help="under the prefix P")
+    install.add_argument("--name", default="python-sandboxed", metavar="N")
+    install.add_argument("--display-name", default="Python (sandboxed)", metavar="D")
+    install.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="set an environment variable for the kernel",
+    )
+
+    uninstall = sub.add_parser("uninstall", help="remove the kernelspec")
+    uninstall.add_argument("--name", default="python-sandboxed", metavar="N")
+    uninstall.add_argument("--prefix", metavar="P")
+
+    execute = sub.add_parser(
+        "execute",
+        help="run every cell of a notebook headless under its policy",
+        description="Run every cell of NOTEBOOK in the sandboxed kernel, carrying "
+        "on past errors, and summarise what was blocked and what failed.",
+    )
+    execute.add_argument("notebook", metavar="NOTEBOOK")
+    execute.add_argument(
+        "-o",
+        "--output",
+        metavar="OUT",
+        help="where to write the executed notebook (default: NOTEBOOK with .out.ipynb)",
+    )
+    execute.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit non-zero when anything was blocked or failed",
+    )
+    execute.add_argument(
+        "--timeout",
+        type=float,
+        default=600,
+        metavar="S",
+        help="seconds a cell may run (default 600)",
+    )
+    execute.add_argument(
+        "--kernel",
+        default="python-sandboxed",
+        metavar="NAME",
+        help="kernelspec to use (default python-sandboxed)",
+    )
     return parser
 
 
@@ -187,11 +251,76 @@ def cmd_doctor(_args: argparse.Namespace) -> int:
 
 
 def cmd_policy(args: argparse.Namespace) -> int:
-    print(pol.describe(_policy_from_args(args)))
+    if args.notebook is None:
+        print(pol.describe(_policy_from_args(args)))
+        return 0
+    from pathlib import Path
+
+    from srt_kernel.kernel.supervisor import notebook_policy
+
+    notebook = Path(args.notebook).resolve()
+    if not notebook.is_file():
+        raise PolicyError(
+            f"the notebook {args.notebook!r} does not exist; check the path.",
+            field="NOTEBOOK",
+            value=args.notebook,
+            source="command line",
+        )
+    context = locations.gather_context(str(notebook.parent))
+    base = pol.resolve(context, locations.user_layers(args.settings, context))
+    state = notebook_policy(base, notebook, context)
+    print(f"Notebook: {notebook}")
+    print(pol.describe(state.policy))
+    if state.problem:
+        print(f"Problem: {state.problem}")
+    for note in state.notes:
+        print(f"Note: {note}")
     return 0
 
 
-COMMANDS = {"run": cmd_run, "doctor": cmd_doctor, "policy": cmd_policy}
+def cmd_install(args: argparse.Namespace) -> int:
+    from srt_kernel.kernel import spec
+
+    dest = spec.install(
+        user=args.user,
+        sys_prefix=args.sys_prefix,
+        prefix=args.prefix,
+        name=args.name,
+        display_name=args.display_name,
+        env=spec.parse_env(args.env),
+    )
+    print(f"Installed kernelspec {args.name} in {dest}")
+    return 0
+
+
+def cmd_uninstall(args: argparse.Namespace) -> int:
+    from srt_kernel.kernel import spec
+
+    removed = spec.uninstall(args.name, prefix=args.prefix)
+    print(f"Removed kernelspec {args.name} from {removed}")
+    return 0
+
+
+def cmd_execute(args: argparse.Namespace) -> int:
+    from srt_kernel.execute import execute_notebook
+
+    return execute_notebook(
+        args.notebook,
+        output=args.output,
+        strict=args.strict,
+        timeout=args.timeout,
+        kernel_name=args.kernel,
+    )
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "doctor": cmd_doctor,
+    "policy": cmd_policy,
+    "install": cmd_install,
+    "uninstall": cmd_uninstall,
+    "execute": cmd_execute,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

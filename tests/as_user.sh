@@ -20,5 +20,5 @@ chown -R "$user:" "$work"
 
 run() { runuser -u "$user" -- env -i HOME="$home" PATH=/usr/local/bin:/usr/bin:/bin LANG=C.UTF-8 "$@"; }
 # Reuse the root venv's downloaded wheels through pip's cache of the user.
-run bash -c "cd '$work' && python3 -m venv .venv && .venv/bin/pip install --quiet --upgrade pip && .venv/bin/pip install --quiet -e '.[test]'"
+run bash -c "cd '$work' && python3 -m venv .venv && .venv/bin/pip install --quiet --upgrade pip && .venv/bin/pip install --quiet -e '.[test,demo]'"
 run bash -c "cd '$work' && .venv/bin/python -m pytest -q -ra -m 'bwrap or unprivileged' -p no:cacheprovider"

@@ -106,6 +106,11 @@ def prepare_environment(directory: Path) -> list[str]:
     mpl = directory / "mplconfig"
     mpl.mkdir(mode=0o700, exist_ok=True)
     os.environ.setdefault("MPLCONFIGDIR", str(mpl))
+    # The user's ~/.ipython is read-only in the sandbox; IPython would warn
+    # in the first cell and fall back to a temporary folder of its own.
+    ipython = directory / "ipython"
+    ipython.mkdir(mode=0o700, exist_ok=True)
+    os.environ["IPYTHONDIR"] = str(ipython)
     return [
         "--IPKernelApp.parent_handle=0",
         f"--HistoryManager.hist_file={directory / 'history.sqlite'}",

@@ -145,6 +145,8 @@ def check_socket_file(path: str) -> os.stat_result:
 
 RequestHook = Callable[[str, Message], None]
 ReplyHook = Callable[[str, Message, checks.Request], None]
+OutputHook = Callable[[Message, checks.Request], None]
+CleanedHook = Callable[[checks.Request, list[str]], None]
 IdleHook = Callable[[checks.Request], Sequence[Output]]
 
 
@@ -169,6 +171,8 @@ class Relay:
         on_request: RequestHook | None = None,
         on_reply: ReplyHook | None = None,
         on_idle: IdleHook | None = None,
+        on_output: OutputHook | None = None,
+        on_cleaned: CleanedHook | None = None,
         max_bytes: int = messages.DEFAULT_MAX_BYTES,
     ) -> None:
         if frontend.transport != "tcp" or inner.transport != "ipc":
@@ -183,6 +187,8 @@ class Relay:
         self.on_request = on_request
         self.on_reply = on_reply
         self.on_idle = on_idle
+        self.on_output = on_output
+        self.on_cleaned = on_cleaned
         self.max_bytes = max_bytes
         self.frontend_ports: dict[str, int] = {}
         self.session = uuid.uuid4().hex
@@ -461,6 +467,8 @@ class Relay:
         msg.content = self._sanitizer.clean(
             msg.msg_type, msg.content, allow_active_output=self.allow_active_output
         )
+        if request is not None and self._sanitizer.found and self.on_cleaned:
+            self.on_cleaned(request, list(self._sanitizer.found))
         if msg.msg_type == "kernel_info_reply":
             msg.content["debugger"] = False
             if self.banner is not None:
@@ -472,6 +480,8 @@ class Relay:
             and self.on_reply is not None
         ):
             self.on_reply(channel, msg, request)
+        if request is not None and channel == "iopub" and self.on_output is not None:
+            self.on_output(msg, request)
         if (
             request is not None
             and msg.msg_type == "status"

@@ -42,7 +42,7 @@ from srt_kernel.kernel.messages import JSONDict
 log = logging.getLogger(__name__)
 
 #: The setting that turns cleaning off for a notebook, as the note names it.
-SETTING = "kernel.allowActiveOutput"
+SETTING = "output.allowActiveContent"
 
 #: Types that frontends render from data alone.
 DATA_TYPES = frozenset(
@@ -302,13 +302,35 @@ def clean_markdown(text: str) -> str:
     return defuse_schemes(text)
 
 
+_ACTIVE_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"<\s*script\b", re.I), "<script> element"),
+    (re.compile(r"\son[a-z]+\s*=", re.I), "event-handler attribute"),
+    (re.compile(r"javascript\s*:", re.I), "javascript: link"),
+    (
+        re.compile(r"<\s*(iframe|object|embed|frame)\b", re.I),
+        "embedded frame or object",
+    ),
+    (re.compile(r"<\s*form\b", re.I), "form"),
+    (re.compile(r"<\s*style\b", re.I), "<style> element"),
+)
+
+
+def active_parts(text: str) -> list[str]:
+    """Names of the active parts found in an HTML or SVG text, for reports.
+
+    Only for telling the user what was removed: the cleaning itself is
+    nh3's, which does not depend on these patterns.
+    """
+    return [name for pattern, name in _ACTIVE_PATTERNS if pattern.search(text)]
+
+
 def removal_note(removed: Iterable[str]) -> str:
     """The text that replaces an output whose active parts were removed."""
     names = ", ".join(sorted(set(removed)))
     return (
         f"[srt-kernel] Removed {names} from this output: it could run code in "
-        "your browser. To allow active output for this notebook, set "
-        f'"{SETTING}": true in its sandbox settings.'
+        "your browser. To allow active output, set "
+        f'"{SETTING}": true in your settings (~/.config/srt-kernel/settings.json).'
     )
 
 
@@ -321,8 +343,14 @@ def _text(value: Any) -> str | None:
     return None
 
 
-def clean_bundle(data: JSONDict) -> tuple[JSONDict, list[str]]:
-    """Clean one MIME bundle; return the new bundle and the removed types."""
+def clean_bundle(
+    data: JSONDict, found: list[str] | None = None
+) -> tuple[JSONDict, list[str]]:
+    """Clean one MIME bundle; return the new bundle and the removed types.
+
+    ``found``, when given, collects the names of the active parts seen (for
+    the block report).
+    """
     cleaned: JSONDict = {}
     removed: list[str] = []
     for mime, value in data.items():
@@ -331,6 +359,8 @@ def clean_bundle(data: JSONDict) -> tuple[JSONDict, list[str]]:
             continue
         text = _text(value)
         result: str | None = None
+        if found is not None and text is not None:
+            found.extend(f"{part} in {mime}" for part in active_parts(text))
         if text is not None and mime == "text/html":
             result = clean_html(text)
         elif text is not None and mime == "image/svg+xml":
@@ -341,6 +371,8 @@ def clean_bundle(data: JSONDict) -> tuple[JSONDict, list[str]]:
             result = defuse_schemes(text)
         if result is None:
             removed.append(mime)
+            if found is not None:
+                found.append(f"{mime} output")
             continue
         cleaned[mime] = result
 
@@ -372,11 +404,17 @@ class Sanitizer:
     def __init__(self, *, max_comms: int = 10_000) -> None:
         self._models: OrderedDict[str, str] = OrderedDict()
         self._max_comms = max_comms
+        #: What the last :meth:`clean` call removed, in words.
+        self.found: list[str] = []
 
     def clean(
         self, msg_type: str, content: JSONDict, *, allow_active_output: bool
     ) -> JSONDict:
-        """Return ``content`` of a ``msg_type`` message, cleaned in place."""
+        """Return ``content`` of a ``msg_type`` message, cleaned in place.
+
+        Afterwards :attr:`found` names the active parts this call removed.
+        """
+        self.found = []
         if msg_type == "comm_open":
             self._remember(content)
         elif msg_type == "comm_close":
@@ -391,9 +429,9 @@ class Sanitizer:
         elif msg_type == "execute_reply":
             for item in _list(content.get("payload")):
                 if isinstance(item, dict) and isinstance(item.get("data"), dict):
-                    item["data"], _ = clean_bundle(item["data"])
+                    item["data"], _ = clean_bundle(item["data"], self.found)
         elif msg_type == "inspect_reply" and isinstance(content.get("data"), dict):
-            content["data"], _ = clean_bundle(content["data"])
+            content["data"], _ = clean_bundle(content["data"], self.found)
         elif msg_type == "kernel_info_reply":
             links = _list(content.get("help_links"))
             content["help_links"] = [
@@ -418,7 +456,8 @@ class Sanitizer:
 
     def _clean_output(self, content: JSONDict) -> None:
         data = content.get("data")
-        content["data"], _ = clean_bundle(data if isinstance(data, dict) else {})
+        bundle = data if isinstance(data, dict) else {}
+        content["data"], _ = clean_bundle(bundle, self.found)
 
     def _clean_comm(self, content: JSONDict) -> None:
         data = content.get("data")
@@ -434,11 +473,14 @@ class Sanitizer:
         for name in html_fields:
             value = state.get(name)
             if isinstance(value, str):
+                self.found.extend(
+                    f"{p} in a widget's {name}" for p in active_parts(value)
+                )
                 state[name] = clean_html(value)
         # The Output widget carries whole outputs in its state.
         for output in _list(state.get("outputs")):
             if isinstance(output, dict) and isinstance(output.get("data"), dict):
-                output["data"], _ = clean_bundle(output["data"])
+                output["data"], _ = clean_bundle(output["data"], self.found)
 
 
 def _list(value: Any) -> list[Any]:

@@ -175,9 +175,7 @@ class ProxyServer:
                     f"{_UNIX_PATH_MAX} bytes; give a shorter socket_dir"
                 )
             try:
-                sock = netutil.bind_unix_socket(
-                    str(path), mode=0o600, backlog=BACKLOG
-                )
+                sock = netutil.bind_unix_socket(str(path), mode=0o600, backlog=BACKLOG)
             except (OSError, ValueError) as exc:
                 for done, _ in bound:
                     done.close()

@@ -79,13 +79,24 @@ class Sandbox:
     process: subprocess.Popen[bytes] | None = None
     proxy: Any = None
     child_pid: int | None = None
+    #: Private folders bound under /run/srt-kernel (see LaunchSpec.binds).
+    binds: Sequence[tuple[str, str, bool]] = ()
+    #: Apply the seccomp filter before executing the command.  The kernel
+    #: turns this off: its inner kernel applies the filter to itself once
+    #: its sockets are bound.
+    init_seccomp: bool = True
+    #: Start the proxy even when no host is allowed, so that every attempt
+    #: is refused with a reason and recorded (the kernel does this).
+    always_proxy: bool = False
+    extra_env: Mapping[str, str] = field(default_factory=dict)
     protected_before: set[str] = field(default_factory=set)
     _info: tuple[int, int] | None = None
 
     def prepare(self) -> SandboxPlan:
         """Gather facts and plan, without starting anything."""
         bwrap = find_bwrap()
-        self.run = RunDir.create(locations.runtime_root())
+        if self.run is None:
+            self.run = RunDir.create(locations.runtime_root())
         keep = [sys.prefix, os.path.realpath(sys.executable), _package_parent()]
         facts = fsfacts.gather(self.policy, extra=keep)
         self.protected_before = set(facts.found)
@@ -100,11 +111,13 @@ class Sandbox:
             bwrap=bwrap,
             python=os.path.realpath(sys.executable),
             package_parent=_package_parent(),
-            proxy_dir=str(self.run.proxy_dir) if self.policy.network.enabled else None,
-            seccomp=True,
+            proxy_dir=str(self.run.proxy_dir) if self._wants_proxy() else None,
+            seccomp=self.init_seccomp,
             tty=self.tty,
             info_fd=self._info[1],
             keep_visible=tuple(keep),
+            extra_env=dict(self.extra_env),
+            binds=tuple(self.binds),
         )
         self.plan = plan_sandbox(self.policy, facts, spec)
         return self.plan
@@ -120,7 +133,7 @@ class Sandbox:
         assert self.run is not None
         try:
             self.run.make_placeholders(plan.placeholders)
-            if self.policy.network.enabled:
+            if self._wants_proxy():
                 self._start_proxy()
             assert self._info is not None
             info_r, info_w = self._info
@@ -153,6 +166,9 @@ class Sandbox:
                 diagnosis=doctor.diagnose().text(),
             )
         return self.process
+
+    def _wants_proxy(self) -> bool:
+        return self.policy.network.enabled or self.always_proxy
 
     def _start_proxy(self) -> None:
         from srt_kernel.proxy.server import ProxyServer

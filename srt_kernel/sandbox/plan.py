@@ -92,8 +92,10 @@ PROTECTED_FIRST: frozenset[str] = frozenset(
     n.split("/")[0] for n, _, _ in PROTECTED_NAMES
 )
 
+#: Inside the sandbox: srt-kernel's own folder, on the private /run.
+RUN_INSIDE = "/run/srt-kernel"
 #: Inside the sandbox: where the proxy's sockets are mounted.
-PROXY_DIR_INSIDE = "/run/srt-kernel/proxy"
+PROXY_DIR_INSIDE = RUN_INSIDE + "/proxy"
 HTTP_PORT = 3128
 SOCKS_PORT = 1080
 
@@ -145,6 +147,10 @@ class LaunchSpec:
     keep_visible: tuple[str, ...] = ()
     #: Extra environment set inside (after the allowlist).
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    #: Private folders of the launcher bound under ``/run/srt-kernel``:
+    #: ``(host path, path inside, writable)``.  Inside paths must be below
+    #: :data:`RUN_INSIDE`.
+    binds: tuple[tuple[str, str, bool], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -360,6 +366,10 @@ def _mounts(
 
     if spec.proxy_dir is not None:
         mounts.append(Mount("ro-bind", PROXY_DIR_INSIDE, spec.proxy_dir))
+    for host, inside, writable in spec.binds:
+        if not is_within(inside, RUN_INSIDE) or inside == RUN_INSIDE:
+            raise ValueError(f"private binds go below {RUN_INSIDE}, not {inside!r}")
+        mounts.append(Mount("bind" if writable else "ro-bind", inside, host))
     mounts.extend(
         Mount("remount-ro", d) for d in sorted(remount, key=_depth, reverse=True)
     )

@@ -1,0 +1,489 @@
+"""The supervisor: the trusted process behind "Python (sandboxed)".
+
+The frontend starts it as it starts any kernel (the kernelspec's argv with
+``{connection_file}``).  It:
+
+1. finds the notebook (``SRT_KERNEL_NOTEBOOK``, ``JPY_SESSION_NAME`` or the
+   connection file's ``jupyter_session``) and resolves the policy: built-in
+   defaults, the user's settings, then the notebook's ``"sandbox"``
+   metadata, which may only tighten;
+2. starts the proxy (when any host is allowed) and a plain ipykernel inside
+   bubblewrap, with its sockets as ``ipc://`` files in a private folder and
+   a key of its own;
+3. relays the five channels (:mod:`srt_kernel.kernel.relay`), re-reading the
+   saved notebook before each cell, labelling the proxy's decisions with the
+   cell, and adding a block report under a cell in which something was
+   refused (:mod:`srt_kernel.kernel.report`);
+4. turns SIGINT into an ``interrupt_request``, and exits when the inner
+   kernel does (a dead inner kernel is a dead kernel to the frontend).
+
+Every cell run and every proxy decision goes to the audit log in
+srt-kernel's data folder, which the sandbox can neither read nor write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from srt_kernel import locations
+from srt_kernel import policy as pol
+from srt_kernel.audit import AuditEvent, AuditLog
+from srt_kernel.errors import (
+    KernelError,
+    PolicyError,
+    SandboxUnavailable,
+    SrtKernelError,
+)
+from srt_kernel.kernel import report
+from srt_kernel.kernel.checks import Request
+from srt_kernel.kernel.messages import Message
+from srt_kernel.kernel.relay import CHANNELS, Connection, Output, Relay
+from srt_kernel.sandbox.bwrap import Sandbox
+from srt_kernel.sandbox.plan import RUN_INSIDE
+from srt_kernel.sandbox.rundir import RunDir
+
+log = logging.getLogger(__name__)
+
+KERNEL_INSIDE = RUN_INSIDE + "/kernel"
+POLICY_INSIDE = RUN_INSIDE + "/policy"
+#: How long the inner kernel may take to bind its sockets.
+START_TIMEOUT = 60.0
+
+
+# --------------------------------------------------------------------------
+# The notebook and its policy
+
+
+def find_notebook(connection: dict[str, Any], cwd: str) -> Path | None:
+    """The notebook this kernel serves, if any frontend said which."""
+    candidates = [
+        os.environ.get("SRT_KERNEL_NOTEBOOK"),
+        os.environ.get("JPY_SESSION_NAME"),
+        connection.get("jupyter_session"),
+    ]
+    for value in candidates:
+        if not value or not isinstance(value, str):
+            continue
+        path = Path(value)
+        if not path.is_absolute():
+            # jupyter_server gives a path relative to its root, and starts the
+            # kernel in the notebook's folder.
+            for guess in (Path(cwd) / path, Path(cwd) / path.name):
+                if guess.is_file():
+                    path = guess
+                    break
+        if path.suffix == ".ipynb" and path.is_file():
+            return path.resolve()
+    return None
+
+
+def read_metadata(notebook: Path) -> object:
+    """The notebook's ``"sandbox"`` metadata, or None when it has none."""
+    data = json.loads(notebook.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise PolicyError(
+            "the notebook is not a JSON object", field="notebook", source=str(notebook)
+        )
+    metadata = data.get("metadata")
+    return metadata.get("sandbox") if isinstance(metadata, dict) else None
+
+
+@dataclass
+class PolicyState:
+    """The policy in force and how it was made."""
+
+    base: pol.Policy
+    policy: pol.Policy
+    problem: str = ""
+    notes: tuple[str, ...] = ()
+
+
+def notebook_policy(
+    base: pol.Policy, notebook: Path | None, context: pol.Context
+) -> PolicyState:
+    """Tighten ``base`` with the notebook's metadata; fail closed on bad input."""
+    if notebook is None:
+        return PolicyState(base, base)
+    source = f"notebook metadata ({notebook.name})"
+    try:
+        metadata = read_metadata(notebook)
+        if metadata is None:
+            return PolicyState(base, base)
+        layer = pol.parse_layer(metadata, source=source, context=context, trusted=False)
+    except (OSError, ValueError, PolicyError) as exc:
+        # Unreadable or invalid metadata: no network and no writes until fixed.
+        closed = replace(
+            base,
+            network=pol.NetworkPolicy(),
+            filesystem=replace(base.filesystem, allow_write=()),
+        )
+        problem = (
+            f"the notebook's sandbox metadata cannot be used ({exc}); until it is "
+            "fixed, cells run with no network and no writes."
+        )
+        return PolicyState(base, closed, problem=problem)
+    tightened = pol.tighten(base, layer)
+    notes = tuple(n for n in tightened.notes if n not in base.notes)
+    return PolicyState(base, tightened, notes=notes)
+
+
+def banner(state: PolicyState, notebook: Path | None) -> str:
+    net = state.policy.network
+    hosts = ", ".join(p.text for p in net.allowed[:5]) or "none"
+    if len(net.allowed) > 5:
+        hosts += f" and {len(net.allowed) - 5} more"
+    writes = ", ".join(state.policy.filesystem.allow_write) or "none"
+    where = f"notebook {notebook.name}" if notebook else "no notebook"
+    return (
+        f"Python {sys.version.split()[0]} in an srt-kernel sandbox ({where}).\n"
+        f"Network: {hosts}. Writes: {writes}.\n"
+        "Type %sandbox for the whole policy and where each part comes from.\n"
+    )
+
+
+# --------------------------------------------------------------------------
+# The supervisor
+
+
+@dataclass
+class CellRecord:
+    texts: list[str] = field(default_factory=list)
+    denials: list[AuditEvent] = field(default_factory=list)
+    cleaned: list[str] = field(default_factory=list)
+
+
+class Supervisor:
+    """One kernel: a sandbox, a proxy and a relay, and the hooks between."""
+
+    def __init__(self, connection_file: str) -> None:
+        self.connection_file = connection_file
+        with open(connection_file, encoding="utf-8") as f:
+            self.connection_info = json.load(f)
+        self.frontend = Connection.from_dict(self.connection_info)
+        self.cwd = os.getcwd()
+        self.notebook = find_notebook(self.connection_info, self.cwd)
+        base_dir = str(self.notebook.parent) if self.notebook else self.cwd
+        self.context = locations.gather_context(base_dir)
+        user = locations.user_layers(None, self.context)
+        self.base = pol.resolve(self.context, user)
+        self.state = notebook_policy(self.base, self.notebook, self.context)
+        self.started_fs = self.state.policy.filesystem
+        self.audit = AuditLog(self._audit_path("network.jsonl"))
+        self.cells_log = self._audit_path("cells.jsonl")
+        self.audit.subscribe(self._on_audit)
+        self.sandbox: Sandbox | None = None
+        self.relay: Relay | None = None
+        self.cells: dict[str, CellRecord] = {}
+        self.current: str | None = None
+        self.first_cell_done = False
+        self.fs_notice_given = False
+        self.lock = threading.Lock()
+
+    # -- start and stop ----------------------------------------------------
+
+    def _audit_path(self, name: str) -> Path:
+        folder = locations.data_dir() / "audit"
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return folder / name
+
+    def _inner_files(self, kernel_dir: Path) -> Connection:
+        key = os.urandom(32).hex()
+        inner: dict[str, object] = {
+            "transport": "ipc",
+            "ip": f"{KERNEL_INSIDE}/k",
+            "key": key,
+            "signature_scheme": "hmac-sha256",
+            "kernel_name": "srt-kernel-inner",
+        }
+        for number, channel in enumerate(CHANNELS, start=1):
+            inner[f"{channel}_port"] = number
+        path = kernel_dir / "connection.json"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(inner, f)
+        host_view = dict(inner, ip=str(kernel_dir / "k"))
+        return Connection.from_dict(host_view)
+
+    def start(self) -> None:
+        """Start the proxy, the sandbox and the relay; raise on any failure."""
+        policy = self.state.policy
+        run = RunDir.create(locations.runtime_root())
+        kernel_dir = run.path / "kernel"
+        kernel_dir.mkdir(mode=0o700)
+        policy_dir = run.path / "policy"
+        policy_dir.mkdir(mode=0o700)
+        (policy_dir / "policy.txt").write_text(self.describe())
+        inner = self._inner_files(kernel_dir)
+
+        seccomp = "--no-seccomp" if policy.run_without_seccomp else "--seccomp"
+        command = [
+            # not resolved: a virtual environment is found from this path
+            sys.executable,
+            "-m",
+            "srt_kernel.kernel.inner",
+            seccomp,
+            "-f",
+            f"{KERNEL_INSIDE}/connection.json",
+            "--IPKernelApp.extensions=['srt_kernel.magics']",
+        ]
+        cwd = str(self.notebook.parent) if self.notebook else self.cwd
+        self.sandbox = Sandbox(
+            policy,
+            command,
+            cwd=cwd,
+            audit=self.audit,
+            run=run,
+            init_seccomp=False,
+            always_proxy=True,
+            binds=(
+                (str(kernel_dir), KERNEL_INSIDE, True),
+                (str(policy_dir), POLICY_INSIDE, False),
+            ),
+            extra_env={"SRT_KERNEL_POLICY": f"{POLICY_INSIDE}/policy.txt"},
+        )
+        process = self.sandbox.start(
+            stdin=subprocess.DEVNULL, stdout=sys.stderr, stderr=sys.stderr
+        )
+        self._wait_for_sockets(inner, process)
+        self.relay = Relay(
+            self.frontend,
+            inner,
+            allow_active_output=policy.allow_active_output,
+            banner=banner(self.state, self.notebook),
+            on_request=self._on_request,
+            on_output=self._on_output,
+            on_cleaned=self._on_cleaned,
+            on_reply=self._on_reply,
+            on_idle=self._on_idle,
+        )
+        self.relay.start()
+
+    def _wait_for_sockets(
+        self, inner: Connection, process: subprocess.Popen[bytes]
+    ) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        paths = [inner.ipc_path(c) for c in CHANNELS]
+        while not all(os.path.lexists(p) for p in paths):
+            if process.poll() is not None:
+                raise KernelError(
+                    f"the sandboxed kernel exited with status {process.returncode} "
+                    "before it was ready; its messages are above."
+                )
+            if time.monotonic() > deadline:
+                raise KernelError(
+                    f"the sandboxed kernel did not bind its sockets within "
+                    f"{START_TIMEOUT:.0f} s."
+                )
+            time.sleep(0.01)
+
+    def wait(self) -> int:
+        """Relay until the inner kernel exits; return the exit status."""
+        assert self.sandbox is not None
+        status = self.sandbox.wait()
+        return status
+
+    def close(self) -> None:
+        if self.relay is not None:
+            self.relay.stop()
+            self.relay = None
+        if self.sandbox is not None:
+            self.sandbox.close()
+            self.sandbox = None
+        self.audit.close()
+
+    def interrupt(self) -> None:
+        if self.relay is not None:
+            self.relay.interrupt()
+
+    def describe(self) -> str:
+        lines = []
+        if self.notebook is not None:
+            lines.append(f"Notebook: {self.notebook}")
+        lines.append(pol.describe(self.state.policy))
+        if self.state.problem:
+            lines.append("Problem: " + self.state.problem)
+        return "\n".join(lines) + "\n"
+
+    # -- hooks (run on the relay's thread) ----------------------------------
+
+    def _on_audit(self, event: AuditEvent) -> None:
+        if event.decision != "deny":
+            return
+        with self.lock:
+            record = self.cells.get(event.label)
+            if record is not None:
+                record.denials.append(event)
+
+    def _on_request(self, channel: str, msg: Message) -> None:
+        if channel != "shell" or msg.msg_type != "execute_request":
+            return
+        with self.lock:
+            self.cells[msg.msg_id] = CellRecord()
+            while len(self.cells) > 1000:
+                self.cells.pop(next(iter(self.cells)))
+        self._reread_policy()
+
+    def _reread_policy(self) -> None:
+        """Re-read the saved notebook: tighten the network from the next cell."""
+        if self.notebook is None:
+            return
+        state = notebook_policy(self.base, self.notebook, self.context)
+        if (
+            state.policy.network != self.state.policy.network
+            and self.sandbox is not None
+            and self.sandbox.proxy is not None
+        ):
+            self.sandbox.proxy.set_policy(state.policy.network)
+        self.state = replace(
+            state, notes=self.state.notes if self.first_cell_done else state.notes
+        )
+
+    def _on_output(self, msg: Message, request: Request) -> None:
+        if request.msg_type != "execute_request":
+            return
+        msg_id = request.msg_id
+        if msg.msg_type == "status" and msg.content.get("execution_state") == "busy":
+            self.current = msg_id
+            if self.sandbox is not None and self.sandbox.proxy is not None:
+                self.sandbox.proxy.set_label(msg_id)
+            return
+        text = ""
+        if msg.msg_type == "stream":
+            text = str(msg.content.get("text", ""))
+        elif msg.msg_type == "error":
+            evalue = str(msg.content.get("evalue", ""))
+            traceback = [str(t) for t in msg.content.get("traceback", [])]
+            text = "\n".join([evalue, *traceback[-3:]])
+        if text:
+            with self.lock:
+                record = self.cells.get(msg_id)
+                if record is not None and len(record.texts) < 200:
+                    record.texts.append(text[-20000:])
+
+    def _on_cleaned(self, request: Request, found: list[str]) -> None:
+        with self.lock:
+            record = self.cells.get(request.msg_id)
+            if record is not None:
+                record.cleaned.extend(f for f in found if f not in record.cleaned)
+
+    def _on_reply(self, channel: str, msg: Message, request: Request) -> None:
+        if msg.msg_type != "execute_reply":
+            return
+        self._log_cell(request, msg)
+
+    def _log_cell(self, request: Request, reply: Message) -> None:
+        entry = {
+            "time": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            "label": request.msg_id,
+            "notebook": str(self.notebook) if self.notebook else None,
+            "execution_count": reply.content.get("execution_count"),
+            "status": reply.content.get("status"),
+        }
+        with contextlib.suppress(OSError):
+            fd = os.open(self.cells_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            with os.fdopen(fd, "a") as f:
+                f.write(json.dumps(entry) + "\n")
+
+    def _on_idle(self, request: Request) -> list[Output]:
+        if request.msg_type != "execute_request":
+            return []
+        with self.lock:
+            record = self.cells.pop(request.msg_id, CellRecord())
+        outputs: list[Output] = []
+
+        notices = []
+        if not self.first_cell_done:
+            self.first_cell_done = True
+            if self.state.problem:
+                notices.append(self.state.problem)
+            notices.extend(self.state.notes)
+        elif self.state.problem:
+            notices.append(self.state.problem)
+        if self.state.policy.filesystem != self.started_fs and not self.fs_notice_given:
+            self.fs_notice_given = True
+            notices.append(
+                "the notebook's filesystem policy changed; it applies after a "
+                "kernel restart."
+            )
+        if notices:
+            text = "".join(f"srt-kernel: {n}\n" for n in notices)
+            outputs.append(
+                Output("stream", {"name": "stderr", "text": text}, {"kind": "notice"})
+            )
+
+        blocks = self._blocks(record)
+        if blocks:
+            outputs.append(
+                Output(
+                    "display_data",
+                    {"data": {"text/plain": report.render(blocks)}, "metadata": {}},
+                    {"kind": "block-report", "count": len(blocks)},
+                )
+            )
+        return outputs
+
+    def _blocks(self, record: CellRecord) -> list[report.Block]:
+        blocks: list[report.Block] = []
+        seen: set[tuple[str, int]] = set()
+        for event in record.denials:
+            if (event.host, event.port) in seen:
+                continue
+            seen.add((event.host, event.port))
+            blocks.append(report.network_block(event.host, event.port, event.rule))
+        if record.cleaned:
+            blocks.append(report.output_block(record.cleaned))
+        plan = self.sandbox.plan if self.sandbox is not None else None
+        if plan is not None:
+            cwd = str(self.notebook.parent) if self.notebook else self.cwd
+            for op, path in report.file_paths(record.texts, cwd):
+                block = report.file_block(op, path, plan.resolved, plan.protected)
+                if block is not None:
+                    blocks.append(block)
+        return blocks
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m srt_kernel.kernel -f CONNECTION_FILE``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 2 or args[0] != "-f":
+        print("usage: python -m srt_kernel.kernel -f CONNECTION_FILE", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.WARNING, format="srt-kernel: %(message)s")
+    supervisor: Supervisor | None = None
+    try:
+        supervisor = Supervisor(args[1])
+        sup = supervisor
+
+        def on_interrupt(_signum: int, _frame: FrameType | None) -> None:
+            sup.interrupt()
+
+        def on_term(_signum: int, _frame: FrameType | None) -> None:
+            if sup.sandbox is not None:
+                sup.sandbox.close()
+
+        signal.signal(signal.SIGINT, on_interrupt)
+        signal.signal(signal.SIGTERM, on_term)
+        supervisor.start()
+        return supervisor.wait()
+    except SandboxUnavailable as exc:
+        print(f"srt-kernel: {exc}\n\n{exc.diagnosis}", file=sys.stderr)
+        return 125
+    except SrtKernelError as exc:
+        print(f"srt-kernel: {exc}", file=sys.stderr)
+        return 125
+    finally:
+        if supervisor is not None:
+            supervisor.close()
