@@ -463,6 +463,11 @@ class Relay:
                 "relay: answer to the supervisor's %s", msg.parent.get("msg_type")
             )
             return
+        if channel == "iopub" and not msg.parent.get("msg_id"):
+            # Output from outside any request (start-up, a thread between
+            # cells) has no frontend to go to.
+            log.debug("relay: dropped a %s with no parent", msg.msg_type)
+            return
         request = self._gate.check(channel, msg)
         msg.content = self._sanitizer.clean(
             msg.msg_type, msg.content, allow_active_output=self.allow_active_output

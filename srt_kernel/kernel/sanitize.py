@@ -311,7 +311,6 @@ _ACTIVE_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
         "embedded frame or object",
     ),
     (re.compile(r"<\s*form\b", re.I), "form"),
-    (re.compile(r"<\s*style\b", re.I), "<style> element"),
 )
 
 
@@ -319,7 +318,9 @@ def active_parts(text: str) -> list[str]:
     """Names of the active parts found in an HTML or SVG text, for reports.
 
     Only for telling the user what was removed: the cleaning itself is
-    nh3's, which does not depend on these patterns.
+    nh3's, which does not depend on these patterns.  ``<style>`` elements
+    are removed too (they could restyle JupyterLab or load URLs past the
+    proxy) but not reported: pandas puts one in every table.
     """
     return [name for pattern, name in _ACTIVE_PATTERNS if pattern.search(text)]
 

@@ -255,7 +255,11 @@ class Supervisor:
             extra_env={"SRT_KERNEL_POLICY": f"{POLICY_INSIDE}/policy.txt"},
         )
         process = self.sandbox.start(
-            stdin=subprocess.DEVNULL, stdout=sys.stderr, stderr=sys.stderr
+            # the inner kernel's own stdout carries only start-up chatter;
+            # cells' output reaches the frontend through iopub
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=sys.stderr,
         )
         self._wait_for_sockets(inner, process)
         self.relay = Relay(

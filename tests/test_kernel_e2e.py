@@ -1,0 +1,495 @@
+"""The sandboxed kernel end to end, through jupyter_client, as a frontend uses it."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.kernel_harness import (
+    base_env,
+    install_kernelspec,
+    kernel,
+    run,
+    set_sandbox_metadata,
+    write_notebook,
+)
+
+pytestmark = pytest.mark.bwrap
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Env:
+    root: Path
+    home: Path
+    project: Path
+    notebook: Path
+    env: dict[str, str]
+
+    def settings(self, data: dict[str, object]) -> None:
+        folder = self.home / ".config" / "srt-kernel"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "settings.json").write_text(json.dumps(data))
+
+
+@pytest.fixture(scope="module")
+def jupyter_path(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    prefix = tmp_path_factory.mktemp("kernelspec")
+    path = install_kernelspec(prefix)
+    old = os.environ.get("JUPYTER_PATH")
+    os.environ["JUPYTER_PATH"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("JUPYTER_PATH", None)
+    else:
+        os.environ["JUPYTER_PATH"] = old
+
+
+@pytest.fixture
+def world(tmp_path: Path, jupyter_path: Path) -> Env:
+    home = tmp_path / "home"
+    project = tmp_path / "project"
+    runtime = tmp_path / "rt"
+    for d in (home / ".ssh", project, runtime):
+        d.mkdir(parents=True)
+    os.chmod(runtime, 0o700)
+    (home / ".ssh" / "id_ed25519").write_text("PRIVATE KEY\n")
+    notebook = write_notebook(project / "analysis.ipynb", None)
+    env = base_env(home, runtime, jupyter_path)
+    env["SRT_KERNEL_NOTEBOOK"] = str(notebook)
+    return Env(tmp_path, home, project, notebook, env)
+
+
+# -- what a user does ------------------------------------------------------
+
+
+def test_state_streams_and_results(world: Env) -> None:
+    with kernel(world.env, world.project) as (_, kc):
+        assert run(kc, "x = 40\nprint('hi')").stdout == "hi\n"
+        result = run(kc, "x + 2")
+        [value] = result.of_type("execute_result")
+        assert value["content"]["data"]["text/plain"] == "42"
+        err = run(kc, "import sys; print('oops', file=sys.stderr)")
+        assert err.stderr == "oops\n"
+        assert result.reports == []
+
+
+def test_kernel_info_says_sandboxed(world: Env) -> None:
+    with kernel(world.env, world.project) as (_, kc):
+        reply = kc.kernel_info(reply=True, timeout=30)
+        content = reply["content"]
+        assert content["language_info"]["name"] == "python"
+        assert "sandbox" in content["banner"]
+        assert "analysis.ipynb" in content["banner"]
+
+
+def test_rich_display_png_and_html(world: Env) -> None:
+    code = (
+        "import matplotlib\nmatplotlib.use('module://matplotlib_inline.backend_inline')\n"
+        "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3])\nplt.show()\n"
+    )
+    with kernel(world.env, world.project) as (_, kc):
+        shown = run(kc, code)
+        assert shown.status == "ok", shown.outputs
+        [figure] = shown.of_type("display_data")
+        assert figure["content"]["data"]["image/png"]
+        frame = run(kc, "import pandas as pd\npd.DataFrame({'a': [1, 2]})")
+        [table] = frame.of_type("execute_result")
+        assert "<table" in table["content"]["data"]["text/html"]
+        assert frame.stderr == ""  # no warning about a read-only home
+
+
+def test_input_round_trip(world: Env) -> None:
+    with kernel(world.env, world.project) as (_, kc):
+
+        def answer(msg: dict[str, object]) -> None:
+            kc.input("sandboxed answer")
+
+        result = run(
+            kc,
+            "v = input('name? ')\nprint(v.upper())",
+            stdin_hook=answer,
+            allow_stdin=True,
+        )
+        assert result.stdout.strip().endswith("SANDBOXED ANSWER")
+
+
+def test_interrupt_and_restart(world: Env) -> None:
+    with kernel(world.env, world.project) as (km, kc):
+        run(kc, "state = 'kept'")
+        msg_id = kc.execute("import time\nwhile True: time.sleep(0.05)")
+        time.sleep(1.0)
+        km.interrupt_kernel()
+        reply = kc.get_shell_msg(timeout=30)
+        assert reply["parent_header"]["msg_id"] == msg_id
+        assert reply["content"]["status"] == "error"
+        assert reply["content"]["ename"] == "KeyboardInterrupt"
+        assert run(kc, "print(state)").stdout == "kept\n"
+
+        km.restart_kernel(now=False)
+        kc.wait_for_ready(timeout=60)
+        gone = run(kc, "print('state' in dir())")
+        assert gone.stdout == "False\n"
+
+
+def test_completion_and_inspection(world: Env) -> None:
+    with kernel(world.env, world.project) as (_, kc):
+        run(kc, "import os\nsome_long_name = 1")
+        reply = kc.complete("some_lo", 7, reply=True, timeout=30)
+        assert "some_long_name" in reply["content"]["matches"]
+        reply = kc.inspect("os.path.join", 12, reply=True, timeout=30)
+        assert reply["content"]["found"] is True
+        assert "join" in reply["content"]["data"]["text/plain"]
+
+
+def test_widget_comm_opens(world: Env) -> None:
+    with kernel(world.env, world.project) as (_, kc):
+        result = run(kc, "import ipywidgets as w\nw.IntSlider(value=3)")
+        opens = [o for o in result.outputs if o["msg_type"] == "comm_open"]
+        assert any(
+            o["content"]["data"]["state"].get("_model_name") == "IntSliderModel"
+            for o in opens
+        )
+        [view] = result.of_type("execute_result")
+        assert "application/vnd.jupyter.widget-view+json" in view["content"]["data"]
+
+
+def test_shell_commands_and_bash_magic(world: Env) -> None:
+    with kernel(world.env, world.project) as (_, kc):
+        assert run(kc, "!echo from-shell").stdout.strip() == "from-shell"
+        assert run(kc, "%%bash\necho $((6 * 7))").stdout.strip() == "42"
+
+
+def test_multiprocessing_in_a_cell(world: Env) -> None:
+    code = (
+        "import multiprocessing as mp\n"
+        "def square(n):\n    return n * n\n"
+        "with mp.get_context('fork').Pool(2) as pool:\n    print(pool.map(square, range(5)))\n"
+    )
+    with kernel(world.env, world.project) as (_, kc):
+        assert run(kc, code).stdout == "[0, 1, 4, 9, 16]\n"
+
+
+def test_asyncio_in_a_cell(world: Env) -> None:
+    code = (
+        "import asyncio, threading\n"
+        "async def f():\n    await asyncio.sleep(0)\n    return 'async ok'\n"
+        "out = []\nt = threading.Thread(target=lambda: out.append(asyncio.run(f())))\n"
+        "t.start(); t.join(); print(out[0])\n"
+    )
+    with kernel(world.env, world.project) as (_, kc):
+        assert run(kc, code).stdout == "async ok\n"
+        assert run(kc, "await asyncio.sleep(0); print('top-level await')").stdout == (
+            "top-level await\n"
+        )
+
+
+def test_sandbox_line_magic_shows_the_policy(world: Env) -> None:
+    with kernel(world.env, world.project) as (_, kc):
+        text = run(kc, "%sandbox").stdout
+        assert f"Notebook: {world.notebook}" in text
+        assert "no network" in text
+        assert f"allowWrite {world.project}" in " ".join(text.split())
+
+
+# -- block reports ---------------------------------------------------------
+
+REPORT_RE = re.compile(
+    r"^srt-kernel blocked (\d+) things? in this cell:\n"
+    r"(?:- (?:network|read|write|output): .+\n  why: .+\n  to allow: .+\n)+\Z"
+)
+
+
+def test_file_refusals_are_reported_under_the_cell(world: Env) -> None:
+    with kernel(world.env, world.project) as (_, kc):
+        result = run(kc, "open('/etc/hostname', 'a')")
+        assert result.status == "error"
+        assert result.reply["content"]["ename"] == "OSError"
+        [report] = result.reports
+        assert REPORT_RE.match(report), report
+        assert "- write: /etc/hostname\n" in report
+        assert f"allowWrite: {world.project}" in report
+
+        secret = run(
+            kc, "import os\nopen(os.path.expanduser('~/.ssh/id_ed25519')).read()"
+        )
+        [report] = secret.reports
+        assert f"- read: {world.home}/.ssh/id_ed25519\n" in report
+        assert f'"filesystem.denyRead" entry {world.home}/.ssh' in report
+
+        fine = run(kc, "open('ok.txt', 'w').write('fine')")
+        assert fine.status == "ok" and fine.reports == []
+        assert (world.project / "ok.txt").read_text() == "fine"
+
+        bash = run(kc, "!touch /usr/evil")
+        [report] = bash.reports
+        assert "- write: /usr/evil\n" in report
+
+
+def test_protected_files_are_named_as_such(world: Env) -> None:
+    with kernel(world.env, world.project) as (_, kc):
+        result = run(kc, "open('.bashrc', 'a').write('x')")
+        [report] = result.reports
+        assert f"- write: {world.project}/.bashrc\n" in report
+        assert "is protected" in report
+    assert not (world.project / ".bashrc").exists()
+
+
+@pytest.fixture
+def upstream() -> Iterator[tuple[int, list[str]]]:
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("Host", ""))
+            body = b"upstream ok"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1], seen
+    server.shutdown()
+    server.server_close()
+
+
+def _net_settings(port: int) -> dict[str, object]:
+    return {
+        "network": {
+            "allowedDomains": ["allowed.test", "other.test", f"127.0.0.1:{port}"],
+            "hostAddresses": {"allowed.test": "127.0.0.1", "other.test": "127.0.0.1"},
+        }
+    }
+
+
+FETCH = "import urllib.request\nprint(urllib.request.urlopen('http://{host}:{port}/').read().decode())"
+
+
+def test_network_refusal_is_reported(
+    world: Env, upstream: tuple[int, list[str]]
+) -> None:
+    port, seen = upstream
+    world.settings(
+        {
+            "network": {
+                "allowedDomains": ["allowed.test", f"127.0.0.1:{port}"],
+                "hostAddresses": {"allowed.test": "127.0.0.1"},
+            }
+        }
+    )
+    with kernel(world.env, world.project) as (_, kc):
+        # the very first connection of the first cell works
+        ok = run(kc, FETCH.format(host="allowed.test", port=port))
+        assert ok.stdout == "upstream ok\n", ok.outputs
+        blocked = run(kc, FETCH.format(host="other.test", port=port))
+        assert blocked.reply["content"]["ename"] == "HTTPError"
+        [report] = blocked.reports
+        assert REPORT_RE.match(report), report
+        assert (
+            f"- network: other.test port {port}\n  why: not in allowedDomains\n"
+            in report
+        )
+        assert f'add "other.test:{port}" to "network.allowedDomains"' in report
+    assert seen == [f"allowed.test:{port}"]
+
+
+def test_notebook_metadata_tightens_and_is_reread(
+    world: Env, upstream: tuple[int, list[str]]
+) -> None:
+    port, seen = upstream
+    world.settings(_net_settings(port))
+    set_sandbox_metadata(
+        world.notebook,
+        {
+            "network": {
+                "allowedDomains": ["allowed.test", f"127.0.0.1:{port}", "wider.test"]
+            }
+        },
+    )
+    with kernel(world.env, world.project) as (_, kc):
+        first = run(kc, FETCH.format(host="other.test", port=port))
+        assert first.reply["content"]["ename"] == "HTTPError"  # metadata narrowed it
+        notice = first.stderr
+        assert "wider.test" in notice and "not granted" in notice
+        assert (
+            run(kc, FETCH.format(host="allowed.test", port=port)).stdout
+            == "upstream ok\n"
+        )
+
+        # the saved notebook changes: the next cell sees the tighter policy
+        set_sandbox_metadata(world.notebook, {"network": {"allowedDomains": []}})
+        later = run(kc, FETCH.format(host="allowed.test", port=port))
+        assert later.reply["content"]["ename"] == "HTTPError"
+
+        # a widening of the saved metadata is not a widening of the policy
+        set_sandbox_metadata(
+            world.notebook,
+            {"network": {"allowedDomains": ["allowed.test", "other.test"]}},
+        )
+        again = run(kc, FETCH.format(host="other.test", port=port))
+        assert again.status == "ok" or again.reply["content"]["ename"] == "HTTPError"
+
+        # a change to the files part needs a restart, said once
+        set_sandbox_metadata(world.notebook, {"filesystem": {"denyWrite": ["./data"]}})
+        one = run(kc, "1")
+        two = run(kc, "2")
+        assert "restart" in one.stderr
+        assert "restart" not in two.stderr
+    assert f"other.test:{port}" not in seen[:1]
+
+
+def test_invalid_metadata_fails_closed(world: Env) -> None:
+    set_sandbox_metadata(world.notebook, {"network": {"allowedDomain": ["typo.test"]}})
+    with kernel(world.env, world.project) as (_, kc):
+        result = run(kc, "open('x.txt', 'w')")
+        assert "unknown setting 'network.allowedDomain'" in result.stderr
+        assert result.reply["content"]["ename"] == "OSError"
+    assert not (world.project / "x.txt").exists()
+
+
+def test_active_output_is_cleaned_and_reported(world: Env) -> None:
+    code = (
+        "from IPython.display import HTML, display\n"
+        "display(HTML('<b>hi</b><script>fetch(\"/api/kernels\")</script>'"
+        "'<img src=x onerror=\"alert(1)\">'))"
+    )
+    with kernel(world.env, world.project) as (_, kc):
+        result = run(kc, code)
+        html = result.of_type("display_data")[0]["content"]["data"]["text/html"]
+        assert "<script" not in html and "onerror" not in html and "<b>hi</b>" in html
+        [report] = result.reports
+        assert "- output: <script> element in text/html" in report
+
+
+def test_forged_block_report_from_inside_is_stripped(world: Env) -> None:
+    code = (
+        "k = get_ipython().kernel\n"
+        "k.session.send(k.iopub_socket, 'display_data', {'data': {'text/plain': 'forged'},"
+        " 'metadata': {'srt_kernel': {'kind': 'block-report'}}}, parent=k.get_parent('shell'),"
+        " metadata={'srt_kernel': {'kind': 'block-report'}})\n"
+    )
+    with kernel(world.env, world.project) as (_, kc):
+        result = run(kc, code)
+        forged = [
+            o
+            for o in result.of_type("display_data")
+            if "forged" in json.dumps(o["content"])
+        ]
+        for output in forged:
+            assert "srt_kernel" not in output["content"].get("metadata", {})
+            assert "srt_kernel" not in output.get("metadata", {})
+        assert result.reports == []
+
+
+# -- faults ------------------------------------------------------------------
+
+
+def _sandbox_pids(marker: str) -> list[int]:
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if marker.encode() in Path(f"/proc/{entry}/cmdline").read_bytes():
+                    pids.append(int(entry))
+            except OSError:
+                pass
+    return pids
+
+
+def test_supervisor_sigkill_leaves_no_sandbox_process(world: Env) -> None:
+    marker = f"srtk-kernel-orphan-{os.getpid()}-{time.monotonic_ns()}"
+    with kernel(world.env, world.project) as (km, kc):
+        run(
+            kc,
+            f"import subprocess, sys\np = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)', '{marker}'], start_new_session=True)",
+        )
+        assert _sandbox_pids(marker)
+        assert km.provisioner is not None
+        pid = km.provisioner.process.pid  # type: ignore[attr-defined]
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 15
+        while _sandbox_pids(marker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _sandbox_pids(marker) == []
+
+
+def test_inner_kernel_death_is_a_dead_kernel(world: Env) -> None:
+    with kernel(world.env, world.project) as (km, kc):
+        kc.execute("import os; os._exit(1)")
+        deadline = time.monotonic() + 20
+        while km.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not km.is_alive()
+
+
+# -- the command line --------------------------------------------------------
+
+
+def _cli(
+    world: Env, *args: str, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    env = dict(world.env)
+    env.pop("SRT_KERNEL_NOTEBOOK")
+    return subprocess.run(
+        [sys.executable, "-m", "srt_kernel.cli", *args],
+        cwd=world.project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_execute_demo_strict_fails_on_bad_cells(world: Env) -> None:
+    import shutil
+
+    shutil.copy(REPO / "notebooks" / "demo.ipynb", world.project / "demo.ipynb")
+    shutil.copy(REPO / "notebooks" / "sales.csv", world.project / "sales.csv")
+    proc = _cli(world, "execute", "demo.ipynb", "--strict", "-o", "run.ipynb")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "4 failed" in proc.stdout
+    assert "- network: collector.invalid port 80 (http)" in proc.stdout
+    assert (world.project / "results" / "revenue_by_region.csv").exists()
+    executed = json.loads((world.project / "run.ipynb").read_text())
+    assert any(
+        o.get("output_type") == "display_data" and "image/png" in o.get("data", {})
+        for c in executed["cells"]
+        for o in c.get("outputs", [])
+    )
+
+    # the same notebook without the bad cells passes
+    nb = json.loads((world.project / "demo.ipynb").read_text())
+    cut = next(
+        i for i, c in enumerate(nb["cells"]) if "should not" in "".join(c["source"])
+    )
+    nb["cells"] = nb["cells"][:cut]
+    (world.project / "clean.ipynb").write_text(json.dumps(nb))
+    proc = _cli(world, "execute", "clean.ipynb", "--strict", "-o", "clean.out.ipynb")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "0 with something blocked, 0 failed" in proc.stdout
+
+
+def test_policy_command_shows_notebook_policy(world: Env) -> None:
+    set_sandbox_metadata(world.notebook, {"filesystem": {"denyRead": ["./private"]}})
+    proc = _cli(world, "policy", str(world.notebook))
+    assert proc.returncode == 0, proc.stderr
+    assert f"denyRead   {world.project}/private" in proc.stdout
+    assert "notebook metadata (analysis.ipynb)" in proc.stdout
