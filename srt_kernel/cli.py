@@ -123,6 +123,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="apply this notebook's sandbox metadata too",
     )
 
+    trust_p = sub.add_parser(
+        "trust",
+        help="review and approve what a notebook's metadata asks for",
+        description="Show what NOTEBOOK's sandbox metadata asks for beyond your "
+        "settings, and record your approval. Any later change to the request "
+        "voids it.",
+    )
+    trust_p.add_argument("notebook", metavar="NOTEBOOK")
+    trust_p.add_argument(
+        "--yes", action="store_true", help="approve without asking (for scripts)"
+    )
+    trust_p.add_argument(
+        "--revoke", action="store_true", help="withdraw the approval of NOTEBOOK"
+    )
+    trust_p.add_argument("--settings", metavar="FILE", help="settings file")
+
     install = sub.add_parser("install", help='install the "Python (sandboxed)" kernel')
     where = install.add_mutually_exclusive_group()
     where.add_argument("--user", action="store_true", help="for this user only")
@@ -256,7 +272,7 @@ def cmd_policy(args: argparse.Namespace) -> int:
         return 0
     from pathlib import Path
 
-    from srt_kernel.kernel.supervisor import notebook_policy
+    from srt_kernel.kernel.notebook import notebook_policy
 
     notebook = Path(args.notebook).resolve()
     if not notebook.is_file():
@@ -275,6 +291,89 @@ def cmd_policy(args: argparse.Namespace) -> int:
         print(f"Problem: {state.problem}")
     for note in state.notes:
         print(f"Note: {note}")
+    return 0
+
+
+def cmd_trust(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from srt_kernel import trust
+    from srt_kernel.kernel.notebook import approvals, read_metadata
+
+    notebook = Path(args.notebook).resolve()
+    if not notebook.is_file():
+        raise PolicyError(
+            f"the notebook {args.notebook!r} does not exist; check the path.",
+            field="NOTEBOOK",
+            value=args.notebook,
+            source="command line",
+        )
+    store = approvals()
+    if args.revoke:
+        done = store.revoke(notebook)
+        print(
+            f"Approval of {notebook} " + ("withdrawn." if done else "was not recorded.")
+        )
+        return 0
+    try:
+        metadata = read_metadata(notebook)
+    except ValueError as exc:
+        raise PolicyError(
+            f"the notebook is not valid JSON ({exc}).",
+            field="NOTEBOOK",
+            value=str(notebook),
+            source=str(notebook),
+        ) from exc
+    if metadata is None:
+        print(f"{notebook.name} has no sandbox metadata: it asks for nothing.")
+        return 0
+    context = locations.gather_context(str(notebook.parent))
+    base = pol.resolve(context, locations.user_layers(args.settings, context))
+    layer = pol.parse_layer(
+        metadata,
+        source=f"notebook metadata ({notebook.name})",
+        context=context,
+        trusted=False,
+    )
+    wanted = trust.widening(base, layer)
+    if not wanted:
+        print(
+            f"{notebook.name} asks for nothing beyond your settings; no approval "
+            "is needed (its metadata can always tighten)."
+        )
+        return 0
+    ceiling = trust.load_ceiling(base.notebook_ceiling, context)
+    capped, cut = trust.cap(layer, ceiling)
+    granted = trust.widening(base, capped).lines()
+    print(f"{notebook.name} asks to let its code:")
+    for line in wanted.lines():
+        print(f"  - {line}")
+    for line in cut:
+        print(f"  (refused whatever you answer: {line})")
+    if not granted:
+        print("Nothing of this is within the ceiling; there is nothing to approve.")
+        return 1
+    if store.is_approved(notebook, metadata):
+        print("You approved exactly this request before.")
+        return 0
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print(
+                "Not approved: run this at a terminal to answer, or pass --yes.",
+                file=sys.stderr,
+            )
+            return 1
+        answer = input(
+            "Approve? Anyone who can edit this notebook wrote this request. [y/N] "
+        )
+        if answer.strip().lower() not in {"y", "yes"}:
+            print("Not approved.")
+            return 1
+    store.approve(notebook, metadata, granted)
+    print(
+        "Approved. Restart the notebook's kernel to apply it. Any change to "
+        "the request voids this approval."
+    )
     return 0
 
 
@@ -320,6 +419,7 @@ COMMANDS = {
     "install": cmd_install,
     "uninstall": cmd_uninstall,
     "execute": cmd_execute,
+    "trust": cmd_trust,
 }
 
 

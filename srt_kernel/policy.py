@@ -173,6 +173,8 @@ _TOP_KEYS = frozenset(
         "environment",
         "output",
         "dangerouslyRunWithoutSeccomp",
+        "dangerouslyAllowWriteToProtectedPaths",
+        "notebookCeiling",
         "enableWeakerNestedSandbox",
         "ignoreViolations",
         "ripgrep",
@@ -184,7 +186,13 @@ _TOP_KEYS = frozenset(
 
 # Keys that only a trusted layer (built-in defaults, user settings) may set.
 _TRUSTED_ONLY = frozenset(
-    {"network.hostAddresses", "dangerouslyRunWithoutSeccomp", "output"}
+    {
+        "network.hostAddresses",
+        "dangerouslyRunWithoutSeccomp",
+        "dangerouslyAllowWriteToProtectedPaths",
+        "notebookCeiling",
+        "output",
+    }
 )
 
 
@@ -283,6 +291,11 @@ class Policy:
     allow_active_output: bool = False
     #: Absolute paths protected from writes whatever the rules say.
     protected: tuple[str, ...] = ()
+    #: Protected paths the user made writable on purpose
+    #: (``dangerouslyAllowWriteToProtectedPaths``).
+    unprotected: tuple[str, ...] = ()
+    #: The user's ``notebookCeiling`` document, validated, not yet parsed.
+    notebook_ceiling: object = None
     #: Human-readable notes about how the layers combined (warnings about
     #: ignored srt keys, requests that a tightening layer could not get).
     notes: tuple[str, ...] = ()
@@ -395,6 +408,8 @@ class Layer:
     env_allow: tuple[str, ...] | None = None
     run_without_seccomp: bool | None = None
     allow_active_output: bool | None = None
+    unprotected: tuple[str, ...] | None = None
+    notebook_ceiling: object = None
     warnings: tuple[str, ...] = ()
 
 
@@ -622,6 +637,21 @@ def parse_layer(data: object, *, source: str, context: Context, trusted: bool) -
                 output["allowActiveContent"], "output.allowActiveContent", source
             )
 
+    if "dangerouslyAllowWriteToProtectedPaths" in doc:
+        f = "dangerouslyAllowWriteToProtectedPaths"
+        fields["unprotected"] = _unique(
+            normalize_path(e, context=context, field=f, source=source)
+            for e in _expect_list(doc[f], f, source)
+        )
+
+    if "notebookCeiling" in doc:
+        ceiling = doc["notebookCeiling"]
+        # validated now, so that a typo is an error before anything runs
+        parse_layer(
+            ceiling, source=f"{source}: notebookCeiling", context=context, trusted=False
+        )
+        fields["notebook_ceiling"] = ceiling
+
     if "dangerouslyRunWithoutSeccomp" in doc:
         fields["run_without_seccomp"] = _expect_bool(
             doc["dangerouslyRunWithoutSeccomp"], "dangerouslyRunWithoutSeccomp", source
@@ -723,6 +753,10 @@ def widen(policy: Policy, layer: Layer) -> Policy:
         allow_active_output=_pick(
             layer.allow_active_output, policy.allow_active_output
         ),
+        unprotected=_unique(policy.unprotected + (layer.unprotected or ())),
+        notebook_ceiling=policy.notebook_ceiling
+        if layer.notebook_ceiling is None
+        else layer.notebook_ceiling,
         notes=policy.notes + layer.warnings,
     )
 
@@ -789,6 +823,8 @@ def intersect(base: Policy, request: Policy) -> Policy:
         run_without_seccomp=base.run_without_seccomp and request.run_without_seccomp,
         allow_active_output=base.allow_active_output and request.allow_active_output,
         protected=_unique(base.protected + request.protected),
+        unprotected=tuple(p for p in base.unprotected if p in request.unprotected),
+        notebook_ceiling=base.notebook_ceiling,
         notes=_unique(base.notes + request.notes),
     )
 
@@ -829,6 +865,7 @@ def tighten(policy: Policy, layer: Layer) -> Policy:
         env_allow=policy.env_allow if layer.env_allow is None else layer.env_allow,
         run_without_seccomp=policy.run_without_seccomp,
         allow_active_output=policy.allow_active_output,
+        unprotected=policy.unprotected,
     )
     result = intersect(policy, request)
     return replace(

@@ -17,6 +17,10 @@ on a thread of its own:
 - heartbeat: relayed, not answered by the relay, so that the frontend sees
   the inner kernel's own liveness (a dead inner kernel is a dead kernel).
   An echo is passed back only to a frontend that has a ping outstanding.
+- iopub subscriptions: the frontend's iopub socket is an XPUB, as
+  ipykernel's is, and the relay greets every subscription with an
+  ``iopub_welcome`` of its own (JEP 65).  The inner kernel's welcome is for
+  the relay's subscription and is not passed on.
 
 Before connecting, each socket file is checked with ``lstat``: it must be a
 socket owned by this user, so a symlink planted in the sandbox-writable
@@ -58,6 +62,10 @@ CHANNELS = ("shell", "control", "stdin", "iopub", "hb")
 
 #: Largest heartbeat payload passed on; frontends send a few bytes.
 MAX_HEARTBEAT_BYTES = 1024
+
+#: Largest iopub subscription frame answered with a welcome; frontends
+#: subscribe to the empty topic.
+MAX_SUBSCRIPTION_BYTES = 1024
 
 
 @dataclass(frozen=True)
@@ -287,12 +295,15 @@ class Relay:
             "shell": zmq.ROUTER,
             "control": zmq.ROUTER,
             "stdin": zmq.ROUTER,
-            "iopub": zmq.PUB,
+            "iopub": zmq.XPUB,
             "hb": zmq.ROUTER,
         }
         for channel, kind in kinds.items():
             sock = ctx.socket(kind)
             sock.linger = 1000
+            if kind == zmq.XPUB:
+                # Every subscription is seen, so a second frontend is welcomed too.
+                sock.setsockopt(zmq.XPUB_VERBOSE, 1)
             address = f"tcp://{self.frontend.ip}"
             port = self.frontend.ports[channel]
             try:
@@ -341,7 +352,7 @@ class Relay:
         poller = zmq.Poller()
         handlers: dict[zmq.Socket[bytes], Callable[[list[bytes]], None]] = {}
         for name, sock in self._sockets.items():
-            if name == "wake" or name == "f_iopub":
+            if name == "wake":
                 continue
             handlers[sock] = self._handler(name)
             poller.register(sock, zmq.POLLIN)
@@ -388,6 +399,8 @@ class Relay:
         side, channel = name.split("_", 1)
         if channel == "hb":
             return self._hb_in if side == "f" else self._hb_out
+        if name == "f_iopub":
+            return self._subscribed
 
         def handle(frames: list[bytes]) -> None:
             try:
@@ -450,6 +463,27 @@ class Relay:
         else:
             self._pings[ident] = pending - 1
         self._sockets["f_hb"].send_multipart(frames)
+
+    def _subscribed(self, frames: list[bytes]) -> None:
+        """Greet each iopub subscription, as ipykernel does (JEP 65)."""
+        for frame in frames:
+            if not frame.startswith(b"\x01") or len(frame) > MAX_SUBSCRIPTION_BYTES:
+                continue
+            topic = frame[1:]
+            try:
+                subscription = topic.decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+            msg = Message(
+                idents=[topic] if topic else [],
+                header=messages.new_header("iopub_welcome", self.session),
+                parent={},
+                metadata={},
+                content={"subscription": subscription},
+            )
+            self._sockets["f_iopub"].send_multipart(
+                messages.serialize(msg, self._frontend_signer)
+            )
 
     # -- inner to frontend -------------------------------------------------
 

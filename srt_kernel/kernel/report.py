@@ -34,7 +34,7 @@ SETTINGS_HINT = "~/.config/srt-kernel/settings.json"
 # Python's OSError text and the coreutils/shell forms of the same errors.
 _PATTERNS = (
     (re.compile(r"\[Errno 30\] Read-only file system: '([^']+)'"), "write"),
-    (re.compile(r"\[Errno 13\] Permission denied: '([^']+)'"), "read"),
+    (re.compile(r"\[Errno 13\] Permission denied: '([^']+)'"), "denied"),
     (re.compile(r"\[Errno 2\] No such file or directory: '([^']+)'"), "missing"),
     (re.compile(r"\[Errno 16\] Device or resource busy: '([^']+)'"), "write"),
     (
@@ -45,7 +45,7 @@ _PATTERNS = (
         "write",
     ),
     (re.compile(r"(?:^|\s)(/[^\s:']+): Read-only file system"), "write"),
-    (re.compile(r"(?:^|\s)(/[^\s:']+): Permission denied"), "read"),
+    (re.compile(r"(?:^|\s)(/[^\s:']+): Permission denied"), "denied"),
 )
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
@@ -125,6 +125,10 @@ def file_block(
         if fs.readable(path):
             return None  # a plain missing file, not the sandbox
         op = "read"
+    if op == "denied":
+        # EACCES: unreadable by the policy, or (for a user without root)
+        # a write refused by file permissions before the read-only mount
+        op = "read" if not fs.readable(path) else "write"
     if op == "read" and not fs.readable(path):
         rule = next(
             (

@@ -36,20 +36,19 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
-from typing import Any
 
 from srt_kernel import locations
 from srt_kernel import policy as pol
 from srt_kernel.audit import AuditEvent, AuditLog
 from srt_kernel.errors import (
     KernelError,
-    PolicyError,
     SandboxUnavailable,
     SrtKernelError,
 )
 from srt_kernel.kernel import report
 from srt_kernel.kernel.checks import Request
 from srt_kernel.kernel.messages import Message
+from srt_kernel.kernel.notebook import PolicyState, find_notebook, notebook_policy
 from srt_kernel.kernel.relay import CHANNELS, Connection, Output, Relay
 from srt_kernel.sandbox.bwrap import Sandbox
 from srt_kernel.sandbox.plan import RUN_INSIDE
@@ -61,83 +60,6 @@ KERNEL_INSIDE = RUN_INSIDE + "/kernel"
 POLICY_INSIDE = RUN_INSIDE + "/policy"
 #: How long the inner kernel may take to bind its sockets.
 START_TIMEOUT = 60.0
-
-
-# --------------------------------------------------------------------------
-# The notebook and its policy
-
-
-def find_notebook(connection: dict[str, Any], cwd: str) -> Path | None:
-    """The notebook this kernel serves, if any frontend said which."""
-    candidates = [
-        os.environ.get("SRT_KERNEL_NOTEBOOK"),
-        os.environ.get("JPY_SESSION_NAME"),
-        connection.get("jupyter_session"),
-    ]
-    for value in candidates:
-        if not value or not isinstance(value, str):
-            continue
-        path = Path(value)
-        if not path.is_absolute():
-            # jupyter_server gives a path relative to its root, and starts the
-            # kernel in the notebook's folder.
-            for guess in (Path(cwd) / path, Path(cwd) / path.name):
-                if guess.is_file():
-                    path = guess
-                    break
-        if path.suffix == ".ipynb" and path.is_file():
-            return path.resolve()
-    return None
-
-
-def read_metadata(notebook: Path) -> object:
-    """The notebook's ``"sandbox"`` metadata, or None when it has none."""
-    data = json.loads(notebook.read_text(encoding="utf-8"))
-    if not isinstance(data, dict):
-        raise PolicyError(
-            "the notebook is not a JSON object", field="notebook", source=str(notebook)
-        )
-    metadata = data.get("metadata")
-    return metadata.get("sandbox") if isinstance(metadata, dict) else None
-
-
-@dataclass
-class PolicyState:
-    """The policy in force and how it was made."""
-
-    base: pol.Policy
-    policy: pol.Policy
-    problem: str = ""
-    notes: tuple[str, ...] = ()
-
-
-def notebook_policy(
-    base: pol.Policy, notebook: Path | None, context: pol.Context
-) -> PolicyState:
-    """Tighten ``base`` with the notebook's metadata; fail closed on bad input."""
-    if notebook is None:
-        return PolicyState(base, base)
-    source = f"notebook metadata ({notebook.name})"
-    try:
-        metadata = read_metadata(notebook)
-        if metadata is None:
-            return PolicyState(base, base)
-        layer = pol.parse_layer(metadata, source=source, context=context, trusted=False)
-    except (OSError, ValueError, PolicyError) as exc:
-        # Unreadable or invalid metadata: no network and no writes until fixed.
-        closed = replace(
-            base,
-            network=pol.NetworkPolicy(),
-            filesystem=replace(base.filesystem, allow_write=()),
-        )
-        problem = (
-            f"the notebook's sandbox metadata cannot be used ({exc}); until it is "
-            "fixed, cells run with no network and no writes."
-        )
-        return PolicyState(base, closed, problem=problem)
-    tightened = pol.tighten(base, layer)
-    notes = tuple(n for n in tightened.notes if n not in base.notes)
-    return PolicyState(base, tightened, notes=notes)
 
 
 def banner(state: PolicyState, notebook: Path | None) -> str:
@@ -217,9 +139,21 @@ class Supervisor:
         host_view = dict(inner, ip=str(kernel_dir / "k"))
         return Connection.from_dict(host_view)
 
+    def _notebook_protection(self, policy: pol.Policy) -> pol.Policy:
+        """The notebook file and what Jupyter writes beside it, protected."""
+        if self.notebook is None:
+            return policy
+        folder = self.notebook.parent
+        extra = (
+            str(self.notebook),
+            str(folder / f".~{self.notebook.name}"),  # the server's save copy
+            str(folder / ".ipynb_checkpoints"),
+        )
+        return replace(policy, protected=policy.protected + extra)
+
     def start(self) -> None:
         """Start the proxy, the sandbox and the relay; raise on any failure."""
-        policy = self.state.policy
+        policy = self._notebook_protection(self.state.policy)
         run = RunDir.create(locations.runtime_root())
         kernel_dir = run.path / "kernel"
         kernel_dir.mkdir(mode=0o700)
@@ -428,7 +362,7 @@ class Supervisor:
                 Output("stream", {"name": "stderr", "text": text}, {"kind": "notice"})
             )
 
-        blocks = self._blocks(record)
+        blocks = self._blocks(record) + self._neutralise()
         if blocks:
             outputs.append(
                 Output(
@@ -438,6 +372,41 @@ class Supervisor:
                 )
             )
         return outputs
+
+    def _neutralise(self) -> list[report.Block]:
+        """Protected names that appeared during the cell, moved out of the way.
+
+        A mount protects a name that exists (or has a placeholder) at launch;
+        one created deeper, or re-created after the Jupyter server removed
+        its save copy, is found here after the cell and renamed (a symlink
+        is removed: it holds no data), so no trusted tool reads it.
+        """
+        if self.sandbox is None:
+            return []
+        blocks = []
+        for path in self.sandbox.created_protected(include_links=True):
+            target = Path(path)
+            try:
+                if target.is_symlink():
+                    target.unlink()
+                    done = "the symlink was removed"
+                else:
+                    aside = target.with_name(target.name + ".blocked-by-srt-kernel")
+                    target.rename(aside)
+                    done = f"it was renamed to {aside.name}"
+            except OSError as exc:
+                done = f"it could not be moved away ({exc.strerror}); delete it"
+            self.sandbox.protected_before.discard(path)
+            blocks.append(
+                report.Block(
+                    "write",
+                    path,
+                    "a protected name (read or run by git, your shell or Jupyter) "
+                    "was created during the cell",
+                    f"nothing: {done}",
+                )
+            )
+        return blocks
 
     def _blocks(self, record: CellRecord) -> list[report.Block]:
         blocks: list[report.Block] = []

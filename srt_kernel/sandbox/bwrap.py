@@ -34,7 +34,7 @@ from typing import IO, Any
 
 from srt_kernel import locations
 from srt_kernel.errors import SandboxUnavailable
-from srt_kernel.policy import Policy
+from srt_kernel.policy import Policy, is_within
 from srt_kernel.sandbox import facts as fsfacts
 from srt_kernel.sandbox.plan import LaunchSpec, SandboxPlan, plan_sandbox
 from srt_kernel.sandbox.rundir import RunDir
@@ -90,6 +90,7 @@ class Sandbox:
     always_proxy: bool = False
     extra_env: Mapping[str, str] = field(default_factory=dict)
     protected_before: set[str] = field(default_factory=set)
+    links_before: set[str] = field(default_factory=set)
     _info: tuple[int, int] | None = None
 
     def prepare(self) -> SandboxPlan:
@@ -100,6 +101,7 @@ class Sandbox:
         keep = [sys.prefix, os.path.realpath(sys.executable), _package_parent()]
         facts = fsfacts.gather(self.policy, extra=keep)
         self.protected_before = set(facts.found)
+        self.links_before = {p for p in self.policy.protected if os.path.islink(p)}
         # bubblewrap reports the sandbox's pid on this pipe; the fd keeps its
         # number in the child (pass_fds), so the plan can name it.
         self._info = os.pipe()
@@ -192,8 +194,12 @@ class Sandbox:
         assert self.process is not None
         return self.process.wait()
 
-    def created_protected(self) -> list[str]:
-        """Protected names that appeared below writable roots during the run."""
+    def created_protected(self, include_links: bool = False) -> list[str]:
+        """Protected names that appeared below writable roots during the run.
+
+        With ``include_links``, also a symlink put where a protected path of
+        the policy (the notebook's save copy, say) was, or is expected.
+        """
         after: set[str] = set()
         skip = set(self.policy.protected)
         for root in self.policy.filesystem.allow_write:
@@ -201,6 +207,14 @@ class Sandbox:
                 after.update(
                     os.path.realpath(p) for p in fsfacts.scan_protected(root, skip)
                 )
+        if include_links:
+            after.update(
+                p
+                for p in self.policy.protected
+                if p not in self.links_before
+                and os.path.islink(p)
+                and any(is_within(p, r) for r in self.policy.filesystem.allow_write)
+            )
         placeholders = {p for p, _ in (self.plan.placeholders if self.plan else ())}
         return sorted(after - self.protected_before - placeholders)
 

@@ -255,12 +255,16 @@ def plan_sandbox(policy: Policy, facts: FsFacts, spec: LaunchSpec) -> SandboxPla
     candidates += list(fs.deny_write)
     protected: list[str] = []
     placeholders: dict[str, str] = {}
+    unprotected = [_real(facts, p) for p in policy.unprotected]
     for path in sorted(dict.fromkeys(candidates), key=lambda p: (_depth(p), p)):
         root = next((r for r in sorted(roots, key=_depth) if is_within(path, r)), None)
         if root is None or path == root:
             continue
         # already read-only: inside a protected folder, or not readable
         if any(is_within(path, p) for p in protected) or not fs.readable(path):
+            continue
+        # the user made it writable on purpose, by its own explicit setting
+        if path not in fs.deny_write and any(is_within(path, u) for u in unprotected):
             continue
         if facts.fact(path).kind == "missing":
             first = _first_missing(path, root, facts)

@@ -1,0 +1,112 @@
+"""The notebook a kernel serves, and the policy its metadata leads to.
+
+The notebook's ``"sandbox"`` metadata is untrusted: unapproved, it may only
+tighten the user's baseline; approved with ``srt-kernel trust``, it may
+widen it up to the ceiling (:mod:`srt_kernel.trust`).  Invalid metadata
+fails closed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from srt_kernel import locations, trust
+from srt_kernel import policy as pol
+from srt_kernel.errors import PolicyError
+
+
+def find_notebook(connection: dict[str, Any], cwd: str) -> Path | None:
+    """The notebook this kernel serves, if any frontend said which."""
+    candidates = [
+        os.environ.get("SRT_KERNEL_NOTEBOOK"),
+        os.environ.get("JPY_SESSION_NAME"),
+        connection.get("jupyter_session"),
+    ]
+    for value in candidates:
+        if not value or not isinstance(value, str):
+            continue
+        path = Path(value)
+        if not path.is_absolute():
+            # jupyter_server gives a path relative to its root, and starts the
+            # kernel in the notebook's folder.
+            for guess in (Path(cwd) / path, Path(cwd) / path.name):
+                if guess.is_file():
+                    path = guess
+                    break
+        if path.suffix == ".ipynb" and path.is_file():
+            return path.resolve()
+    return None
+
+
+def read_metadata(notebook: Path) -> object:
+    """The notebook's ``"sandbox"`` metadata, or None when it has none."""
+    data = json.loads(notebook.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise PolicyError(
+            "the notebook is not a JSON object", field="notebook", source=str(notebook)
+        )
+    metadata = data.get("metadata")
+    return metadata.get("sandbox") if isinstance(metadata, dict) else None
+
+
+@dataclass
+class PolicyState:
+    """The policy in force and how it was made."""
+
+    base: pol.Policy
+    policy: pol.Policy
+    problem: str = ""
+    notes: tuple[str, ...] = ()
+    approved: bool = False
+
+
+def notebook_policy(
+    base: pol.Policy, notebook: Path | None, context: pol.Context
+) -> PolicyState:
+    """Tighten ``base`` with the notebook's metadata; fail closed on bad input."""
+    if notebook is None:
+        return PolicyState(base, base)
+    source = f"notebook metadata ({notebook.name})"
+    try:
+        metadata = read_metadata(notebook)
+        if metadata is None:
+            return PolicyState(base, base)
+        layer = pol.parse_layer(metadata, source=source, context=context, trusted=False)
+    except (OSError, ValueError, PolicyError) as exc:
+        # Unreadable or invalid metadata: no network and no writes until fixed.
+        closed = replace(
+            base,
+            network=pol.NetworkPolicy(),
+            filesystem=replace(base.filesystem, allow_write=()),
+        )
+        problem = (
+            f"the notebook's sandbox metadata cannot be used ({exc}); until it is "
+            "fixed, cells run with no network and no writes."
+        )
+        return PolicyState(base, closed, problem=problem)
+    try:
+        ceiling = trust.load_ceiling(base.notebook_ceiling, context)
+        approved = approvals().is_approved(notebook, metadata)
+    except PolicyError as exc:
+        ceiling, approved = None, False
+        extra = [f"approval could not be checked ({exc}); running unapproved."]
+    else:
+        extra = []
+    wanted = trust.widening(base, layer)
+    result, cut = trust.apply_notebook(base, layer, approved=approved, ceiling=ceiling)
+    notes = [n for n in result.notes if n not in base.notes] + cut + extra
+    if wanted and not approved:
+        notes.append(
+            f"to grant what it asks for, review and approve it with: "
+            f"srt-kernel trust {notebook}"
+        )
+    return PolicyState(base, result, notes=tuple(notes), approved=approved)
+
+
+def approvals() -> trust.ApprovalStore:
+    """The user's approvals, in srt-kernel's data folder."""
+    return trust.ApprovalStore(locations.data_dir() / "approvals.json")
