@@ -59,7 +59,7 @@ test-as-user: setup
 test: lint typecheck pytest test-as-user
 
 bench: setup
-	$(PY) benchmarks/run_bench.py
+	$(PY) benchmarks/run_all.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

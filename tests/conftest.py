@@ -22,6 +22,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+pytest_plugins = ["tests.kernel_fixtures"]
+
 
 _BASETEMP: list[str] = []
 

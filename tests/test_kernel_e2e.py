@@ -2,75 +2,23 @@
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.kernel_harness import (
-    base_env,
-    install_kernelspec,
-    kernel,
-    run,
-    set_sandbox_metadata,
-    write_notebook,
-)
+from tests.kernel_fixtures import FETCH, Env
+from tests.kernel_harness import kernel, run, set_sandbox_metadata
 
 pytestmark = pytest.mark.bwrap
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@dataclass
-class Env:
-    root: Path
-    home: Path
-    project: Path
-    notebook: Path
-    env: dict[str, str]
-
-    def settings(self, data: dict[str, object]) -> None:
-        folder = self.home / ".config" / "srt-kernel"
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "settings.json").write_text(json.dumps(data))
-
-
-@pytest.fixture(scope="module")
-def jupyter_path(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    prefix = tmp_path_factory.mktemp("kernelspec")
-    path = install_kernelspec(prefix)
-    old = os.environ.get("JUPYTER_PATH")
-    os.environ["JUPYTER_PATH"] = str(path)
-    yield path
-    if old is None:
-        os.environ.pop("JUPYTER_PATH", None)
-    else:
-        os.environ["JUPYTER_PATH"] = old
-
-
-@pytest.fixture
-def world(tmp_path: Path, jupyter_path: Path) -> Env:
-    home = tmp_path / "home"
-    project = tmp_path / "project"
-    runtime = tmp_path / "rt"
-    for d in (home / ".ssh", project, runtime):
-        d.mkdir(parents=True)
-    os.chmod(runtime, 0o700)
-    (home / ".ssh" / "id_ed25519").write_text("PRIVATE KEY\n")
-    notebook = write_notebook(project / "analysis.ipynb", None)
-    env = base_env(home, runtime, jupyter_path)
-    env["SRT_KERNEL_NOTEBOOK"] = str(notebook)
-    return Env(tmp_path, home, project, notebook, env)
 
 
 # -- what a user does ------------------------------------------------------
@@ -250,29 +198,6 @@ def test_protected_files_are_named_as_such(world: Env) -> None:
     assert not (world.project / ".bashrc").exists()
 
 
-@pytest.fixture
-def upstream() -> Iterator[tuple[int, list[str]]]:
-    seen: list[str] = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            seen.append(self.headers.get("Host", ""))
-            body = b"upstream ok"
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server.server_address[1], seen
-    server.shutdown()
-    server.server_close()
-
-
 def _net_settings(port: int) -> dict[str, object]:
     return {
         "network": {
@@ -280,9 +205,6 @@ def _net_settings(port: int) -> dict[str, object]:
             "hostAddresses": {"allowed.test": "127.0.0.1", "other.test": "127.0.0.1"},
         }
     }
-
-
-FETCH = "import urllib.request\nprint(urllib.request.urlopen('http://{host}:{port}/').read().decode())"
 
 
 def test_network_refusal_is_reported(

@@ -14,8 +14,8 @@ import pytest
 from srt_kernel import policy as pol
 from srt_kernel import trust
 from srt_kernel.errors import PolicyError
+from tests.kernel_fixtures import FETCH, Env
 from tests.kernel_harness import kernel, run, set_sandbox_metadata
-from tests.test_kernel_e2e import FETCH, Env, jupyter_path, upstream, world  # noqa: F401
 
 CTX = pol.Context(home="/home/u", base_dir="/home/u/proj")
 
@@ -154,7 +154,7 @@ def _trust(world: Env, notebook: Path, *extra: str) -> subprocess.CompletedProce
 @pytest.mark.bwrap
 def test_approved_and_unapproved_copies(
     world: Env, upstream: tuple[int, list[str]]
-) -> None:  # noqa: F811
+) -> None:
     port, seen = upstream
     world.settings({"network": {"hostAddresses": {"granted.test": "127.0.0.1"}}})
     request = {"network": {"allowedDomains": ["granted.test", f"127.0.0.1:{port}"]}}
@@ -300,3 +300,44 @@ def test_dangerous_setting_makes_a_protected_path_writable(world: Env) -> None:
         assert ok.status == "ok", ok.outputs
         still = run(kc, "open('.bashrc', 'a').write('x')")
         assert still.reply["content"]["ename"] == "OSError"
+
+
+# -- per-cell narrowing inside the sandboxed kernel ------------------------------
+
+
+@pytest.mark.bwrap
+def test_cell_can_narrow_but_never_widen(world: Env, upstream: tuple[int, list[str]]) -> None:
+    port, seen = upstream
+    world.settings(
+        {
+            "network": {
+                "allowedDomains": ["allowed.test", "other.test", f"127.0.0.1:{port}"],
+                "hostAddresses": {"allowed.test": "127.0.0.1", "other.test": "127.0.0.1"},
+            }
+        }
+    )
+    get = FETCH.format(host="allowed.test", port=port)
+    with kernel(world.env, world.project) as (_, kc):
+        cut = run(kc, "%%sandbox --no-network\n" + get)
+        assert cut.reply["content"]["ename"] == "HTTPError"
+        [report] = cut.reports
+        assert "- network: allowed.test" in report
+        # the next cell has the kernel's policy again
+        assert run(kc, get).stdout == "upstream ok\n"
+        # --allow narrows to that host only
+        only = run(
+            kc,
+            f"%%sandbox --allow allowed.test --allow 127.0.0.1:{port}\n"
+            + FETCH.format(host="other.test", port=port),
+        )
+        assert only.reply["content"]["ename"] == "HTTPError"
+        # a cell cannot widen
+        wider = run(kc, "%%sandbox --allow evil.test\nprint('ran')")
+        assert wider.reply["content"]["ename"] == "UsageError"
+        assert "asks for more than this kernel has" in wider.reply["content"]["evalue"]
+        assert "ran" not in wider.stdout
+        # file options need a sandbox inside the sandbox: refused clearly
+        files = run(kc, "%%sandbox --write /tmp/x\nprint('ran')")
+        assert files.reply["content"]["ename"] == "UsageError"
+        assert "narrows the network only" in files.reply["content"]["evalue"]
+    assert seen == [f"allowed.test:{port}"]

@@ -28,6 +28,7 @@ import datetime
 import json
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -42,9 +43,11 @@ from srt_kernel import policy as pol
 from srt_kernel.audit import AuditEvent, AuditLog
 from srt_kernel.errors import (
     KernelError,
+    PolicyError,
     SandboxUnavailable,
     SrtKernelError,
 )
+from srt_kernel.hosts import HostPattern, parse_pattern
 from srt_kernel.kernel import report
 from srt_kernel.kernel.checks import Request
 from srt_kernel.kernel.messages import Message
@@ -60,6 +63,51 @@ KERNEL_INSIDE = RUN_INSIDE + "/kernel"
 POLICY_INSIDE = RUN_INSIDE + "/policy"
 #: How long the inner kernel may take to bind its sockets.
 START_TIMEOUT = 60.0
+
+
+def cell_narrowing(code: str) -> pol.Layer | None:
+    """The network narrowing a ``%%sandbox`` cell asks for, or None.
+
+    Only ``--no-network``, ``--allow`` and ``--deny`` narrow here; anything
+    the supervisor cannot read as such means no network for the cell (the
+    inner magic then refuses the cell with the reason).
+    """
+    first = code.lstrip().split("\n", 1)[0]
+    if not first.startswith("%%sandbox"):
+        return None
+    source = "%%sandbox in the cell"
+    closed = pol.Layer(source=source, allowed_domains=())
+    try:
+        words = shlex.split(first[len("%%sandbox") :])
+    except ValueError:
+        return closed
+    allowed: list[HostPattern] = []
+    denied: list[HostPattern] = []
+    no_network = False
+    it = iter(words)
+    try:
+        for word in it:
+            if word == "--no-network":
+                no_network = True
+            elif word in ("--allow", "--deny"):
+                value = next(it)
+                pattern = parse_pattern(value, field=word, source=source)
+                (allowed if word == "--allow" else denied).append(pattern)
+            elif word.startswith(("--allow=", "--deny=")):
+                flag, value = word.split("=", 1)
+                pattern = parse_pattern(value, field=flag, source=source)
+                (allowed if flag == "--allow" else denied).append(pattern)
+            else:
+                return closed
+    except (StopIteration, PolicyError):
+        return closed
+    if no_network:
+        return closed
+    return pol.Layer(
+        source=source,
+        allowed_domains=tuple(allowed) if allowed else None,
+        denied_domains=tuple(denied),
+    )
 
 
 def banner(state: PolicyState, notebook: Path | None) -> str:
@@ -112,6 +160,7 @@ class Supervisor:
         self.current: str | None = None
         self.first_cell_done = False
         self.fs_notice_given = False
+        self.narrowings: dict[str, pol.Layer] = {}
         self.lock = threading.Lock()
 
     # -- start and stop ----------------------------------------------------
@@ -160,6 +209,9 @@ class Supervisor:
         policy_dir = run.path / "policy"
         policy_dir.mkdir(mode=0o700)
         (policy_dir / "policy.txt").write_text(self.describe())
+        # what %%sandbox inside checks a cell's --allow against
+        allowed = [p.text for p in policy.network.allowed]
+        (policy_dir / "policy.json").write_text(json.dumps({"allowedDomains": allowed}))
         inner = self._inner_files(kernel_dir)
 
         seccomp = "--no-seccomp" if policy.run_without_seccomp else "--seccomp"
@@ -273,21 +325,32 @@ class Supervisor:
             while len(self.cells) > 1000:
                 self.cells.pop(next(iter(self.cells)))
         self._reread_policy()
+        narrowing = cell_narrowing(str(msg.content.get("code", "")))
+        if narrowing is not None:
+            # Applied before the request reaches the inner kernel, and held
+            # until the cell is idle: no connection of the cell can start
+            # before it.  Cells still running before it are narrowed too.
+            self.narrowings[msg.msg_id] = narrowing
+            self._apply_network()
+
+    def _apply_network(self) -> None:
+        network = self.state.policy.network
+        for layer in self.narrowings.values():
+            network = pol.tighten(pol.Policy(network=network), layer).network
+        if self.sandbox is not None and self.sandbox.proxy is not None:
+            self.sandbox.proxy.set_policy(network)
 
     def _reread_policy(self) -> None:
         """Re-read the saved notebook: tighten the network from the next cell."""
         if self.notebook is None:
             return
         state = notebook_policy(self.base, self.notebook, self.context)
-        if (
-            state.policy.network != self.state.policy.network
-            and self.sandbox is not None
-            and self.sandbox.proxy is not None
-        ):
-            self.sandbox.proxy.set_policy(state.policy.network)
+        changed = state.policy.network != self.state.policy.network
         self.state = replace(
             state, notes=self.state.notes if self.first_cell_done else state.notes
         )
+        if changed:
+            self._apply_network()
 
     def _on_output(self, msg: Message, request: Request) -> None:
         if request.msg_type != "execute_request":
@@ -338,6 +401,8 @@ class Supervisor:
     def _on_idle(self, request: Request) -> list[Output]:
         if request.msg_type != "execute_request":
             return []
+        if self.narrowings.pop(request.msg_id, None) is not None:
+            self._apply_network()
         with self.lock:
             record = self.cells.pop(request.msg_id, CellRecord())
         outputs: list[Output] = []

@@ -33,7 +33,7 @@ from types import FrameType
 from typing import IO, Any
 
 from srt_kernel import locations
-from srt_kernel.errors import SandboxUnavailable
+from srt_kernel.errors import PolicyError, SandboxUnavailable
 from srt_kernel.policy import Policy, is_within
 from srt_kernel.sandbox import facts as fsfacts
 from srt_kernel.sandbox.plan import LaunchSpec, SandboxPlan, plan_sandbox
@@ -122,6 +122,18 @@ class Sandbox:
             binds=tuple(self.binds),
         )
         self.plan = plan_sandbox(self.policy, facts, spec)
+        cwd = os.path.realpath(self.cwd)
+        # a read-denied folder itself is there (empty); one inside it is not
+        resolved = self.plan.resolved
+        if not resolved.readable(cwd) and cwd not in resolved.deny_read:
+            raise PolicyError(
+                f"the working folder {self.cwd} is read-denied by the policy, so "
+                "the command could not even start there; run it from another "
+                "folder, or re-allow this one with filesystem.allowRead.",
+                field="filesystem.denyRead",
+                value=self.cwd,
+                source="policy",
+            )
         return self.plan
 
     def start(

@@ -247,17 +247,32 @@ def _first_missing(path: str, root: str, facts: FsFacts) -> str:
 def plan_sandbox(policy: Policy, facts: FsFacts, spec: LaunchSpec) -> SandboxPlan:
     """Build the bubblewrap argv for ``spec.command`` under ``policy``."""
     fs = resolve_policy(policy.filesystem, facts)
-    roots = [r for r in fs.allow_write if facts.fact(r).kind == "dir" or r == "/"]
+    # A writable root is an existing folder or file; a missing one gives
+    # nothing (the command cannot create it: its parent is read-only).
+    dir_roots = [r for r in fs.allow_write if facts.fact(r).kind == "dir" or r == "/"]
+    roots = dir_roots + [r for r in fs.allow_write if facts.fact(r).kind == "file"]
 
-    # Protected paths inside writable roots become deny-write rules.
-    candidates = [_real(facts, p) for p in protected_candidates(policy)]
+    # Protected paths inside writable folders become deny-write rules.
+    candidates = [_real(facts, p) for p in policy.protected]
+    candidates += [
+        posixpath.join(r, name)
+        for r in dir_roots
+        for name, _, at_root in PROTECTED_NAMES
+        if at_root
+    ]
     candidates += list(facts.found)
     candidates += list(fs.deny_write)
     protected: list[str] = []
     placeholders: dict[str, str] = {}
     unprotected = [_real(facts, p) for p in policy.unprotected]
+
+    def root_of(path: str) -> str | None:
+        return next(
+            (r for r in sorted(dir_roots, key=_depth) if is_within(path, r)), None
+        )
+
     for path in sorted(dict.fromkeys(candidates), key=lambda p: (_depth(p), p)):
-        root = next((r for r in sorted(roots, key=_depth) if is_within(path, r)), None)
+        root = root_of(path)
         if root is None or path == root:
             continue
         # already read-only: inside a protected folder, or not readable
@@ -272,6 +287,19 @@ def plan_sandbox(policy: Policy, facts: FsFacts, spec: LaunchSpec) -> SandboxPla
             placeholders.setdefault(first, kind)
             path = first
         protected.append(path)
+
+    # Read-denied paths that do not exist inside a writable folder could be
+    # created by the command: an empty placeholder holds the name, and a
+    # missing folder above it is held read-only too.
+    for path in fs.deny_read:
+        root = root_of(path)
+        if root is None or facts.fact(path).kind != "missing":
+            continue
+        first = _first_missing(path, root, facts)
+        placeholders.setdefault(first, "dir")
+        if first != path:
+            protected.append(first)
+
     fs = FilesystemPolicy(
         deny_read=fs.deny_read,
         allow_read=fs.allow_read,
@@ -280,31 +308,23 @@ def plan_sandbox(policy: Policy, facts: FsFacts, spec: LaunchSpec) -> SandboxPla
         sources=fs.sources,
     )
 
-    # Read-denied paths that do not exist inside a writable root could be
-    # created by the command: give them an empty placeholder too.
-    for path in fs.deny_read:
-        if facts.fact(path).kind == "missing" and any(
-            is_within(path, r) for r in roots
-        ):
-            root = next(r for r in roots if is_within(path, r))
-            placeholders.setdefault(_first_missing(path, root, facts), "dir")
-
     def kind_of(path: str) -> Kind:
         if path in placeholders:
             return "dir" if placeholders[path] == "dir" else "file"
         return facts.fact(path).kind
 
-    # Directories between a root and a protected path: pin them in place.
+    # Folders between a writable folder and a restricted path are pinned in
+    # place (made mount points), so the restriction cannot be renamed away.
     pinned: set[str] = set()
-    for path in fs.deny_write:
-        for root in roots:
+    for path in (*fs.deny_write, *fs.deny_read):
+        for root in dir_roots:
             if is_within(path, root) and path != root:
                 d = _parent(path)
                 while d != root and is_within(d, root):
                     pinned.add(d)
                     d = _parent(d)
 
-    private_tmp = not any(is_within("/tmp", r) for r in roots)
+    private_tmp = not any(is_within("/tmp", r) for r in dir_roots)
     rule_paths = set(fs.allow_write) | set(fs.deny_write) | set(fs.deny_read)
     rule_paths |= set(fs.allow_read) | pinned
     if private_tmp:
@@ -340,33 +360,35 @@ def _mounts(
         mounts.append(Mount("tmpfs-1777", "/tmp"))
     remount: list[str] = ["/run"]
 
-    # state of the nearest mount above a path: readable or not
-    denied_dirs: list[str] = []
+    # (path, is an empty denied folder) of each mount made so far: what a
+    # deeper path shows is decided by the deepest of them above it.
+    shown: list[tuple[str, bool]] = []
+
+    def under_denied(path: str) -> bool:
+        above = [m for m in shown if is_within(path, m[0]) and path != m[0]]
+        return bool(above) and max(above, key=lambda m: _depth(m[0]))[1]
+
     for path in sorted(rule_paths, key=lambda p: (_depth(p), p)):
         if path == "/":
             if fs.writable("/"):
                 mounts[0] = Mount("bind", "/", "/")
             continue
         kind = kind_of(path)
-        readable = fs.readable(path)
-        inside_denied = any(is_within(path, d) for d in denied_dirs)
-        if not readable:
-            if inside_denied or kind == "missing":
+        if kind == "missing":
+            continue  # nothing to mount on; a denied folder above hides it
+        if not fs.readable(path):
+            if under_denied(path):
                 continue
             if kind == "dir":
                 mounts.append(Mount("tmpfs", path))
-                denied_dirs.append(path)
                 remount.append(path)
+                shown.append((path, True))
             else:
                 mounts.append(Mount("deny-file", path))
             continue
-        if kind == "missing" and not inside_denied:
-            continue
-        if kind == "missing":
-            # re-allowed inside a denied directory, but not there on the host
-            continue
         op = "bind" if fs.writable(path) else "ro-bind"
         mounts.append(Mount(op, path, path))
+        shown.append((path, False))
 
     if spec.proxy_dir is not None:
         mounts.append(Mount("ro-bind", PROXY_DIR_INSIDE, spec.proxy_dir))
