@@ -107,8 +107,9 @@ def test_executable_and_unknown_types_are_removed(mime: str) -> None:
     assert removed == [mime]
     assert cleaned == {
         "text/plain": f"[srt-kernel] Removed {mime} from this output: it could run "
-        "code in your browser. To allow active output for this notebook, set "
-        f'"{sanitize.SETTING}": true in its sandbox settings.\n<obj>'
+        "code in your browser. To allow active output, set "
+        f'"{sanitize.SETTING}": true in your settings '
+        "(~/.config/srt-kernel/settings.json).\n<obj>"
     }
 
 

@@ -90,17 +90,22 @@ def test_help_is_complete(shell: InteractiveShell) -> None:
         assert text in doc
 
 
-def test_inside_the_sandboxed_kernel_the_cell_magic_is_refused(
+def test_inside_the_sandboxed_kernel_the_magic_only_narrows(
     shell: InteractiveShell, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("SRT_KERNEL_SANDBOX", "1")
-    with pytest.raises(UsageError, match="not available yet"):
-        shell.run_cell_magic("sandbox", "--no-network", "pass")
-    with pytest.raises(UsageError, match="not available yet"):
-        shell.run_line_magic("sandbox", "ls")
     policy = tmp_path / "policy.txt"
     policy.write_text("Network:\n  allow  example.test from x\n")
+    (tmp_path / "policy.json").write_text('{"allowedDomains": ["example.test"]}')
     monkeypatch.setenv("SRT_KERNEL_POLICY", str(policy))
+    with pytest.raises(UsageError, match="narrows the network only"):
+        shell.run_cell_magic("sandbox", "--write /tmp/x", "pass")
+    with pytest.raises(UsageError, match="asks for more than this kernel has"):
+        shell.run_cell_magic("sandbox", "--allow other.test", "pass")
+    with pytest.raises(UsageError, match="cannot build a sandbox inside"):
+        shell.run_line_magic("sandbox", "ls")
+    shell.run_cell_magic("sandbox", "--allow example.test", "ran_narrowed = True")
+    assert shell.user_ns["ran_narrowed"] is True
     assert shell.run_line_magic("sandbox", "") is None
 
 
