@@ -63,21 +63,38 @@ def runtime_root() -> Path:
 
 
 def jupyter_dirs() -> tuple[list[str], list[str], list[str]]:
-    """(runtime dirs, data dirs with kernelspecs, config dirs) of Jupyter."""
-    try:
-        from jupyter_core import paths as jp
-    except ImportError:  # jupyter_core missing: fall back to its defaults
-        h = home()
-        return (
-            [os.path.join(h, ".local/share/jupyter/runtime")],
-            [os.path.join(h, ".local/share/jupyter"), "/usr/local/share/jupyter"],
-            [os.path.join(h, ".jupyter")],
-        )
-    return (
-        [jp.jupyter_runtime_dir()],
-        list(jp.jupyter_path()),
-        list(jp.jupyter_config_path()),
-    )
+    """(runtime dirs, data dirs, config dirs) where Jupyter looks on Linux.
+
+    The places jupyter_core documents (its environment variables, the user's
+    folders, the Python user base, ``sys.prefix``, ``/usr/local`` and
+    ``/usr``), computed here without importing it, to start fast.  Where
+    jupyter_core could choose between two places (``JUPYTER_PLATFORM_DIRS``),
+    both are listed: protecting one more folder costs nothing.
+    """
+    env = os.environ
+    h = home()
+    xdg_data = env.get("XDG_DATA_HOME") or os.path.join(h, ".local", "share")
+    xdg_config = env.get("XDG_CONFIG_HOME") or os.path.join(h, ".config")
+    data_dir = env.get("JUPYTER_DATA_DIR") or os.path.join(xdg_data, "jupyter")
+    runtime = env.get("JUPYTER_RUNTIME_DIR") or os.path.join(data_dir, "runtime")
+    userbase = site.getuserbase()
+
+    data = [p for p in env.get("JUPYTER_PATH", "").split(os.pathsep) if p]
+    data += [data_dir, os.path.join(userbase, "share", "jupyter")]
+    data += [os.path.join(sys.prefix, "share", "jupyter")]
+    data += ["/usr/local/share/jupyter", "/usr/share/jupyter"]
+
+    config = [p for p in env.get("JUPYTER_CONFIG_PATH", "").split(os.pathsep) if p]
+    config += [
+        env.get("JUPYTER_CONFIG_DIR") or os.path.join(h, ".jupyter"),
+        os.path.join(xdg_config, "jupyter"),
+        os.path.join(userbase, "etc", "jupyter"),
+        os.path.join(sys.prefix, "etc", "jupyter"),
+        "/usr/local/etc/jupyter",
+        "/etc/jupyter",
+    ]
+    unique = dict.fromkeys
+    return list(unique([runtime])), list(unique(data)), list(unique(config))
 
 
 def _package_paths() -> list[str]:

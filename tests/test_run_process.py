@@ -356,3 +356,45 @@ def test_multiprocessing_pool_and_executor(sbx: SandboxRunner) -> None:
     result = sbx.run([sys.executable, str(script)])
     assert result.status == 0, result.stderr
     assert result.lines == ["[1, 2, 3]", "[4, 5]"]
+
+
+@pytest.mark.parametrize("network", [False, True])
+def test_term_and_int_reach_the_command(sbx: SandboxRunner, network: bool) -> None:
+    code = (
+        "import signal, sys, time\n"
+        "def on(signum, frame):\n"
+        "    print('got', signal.Signals(signum).name, flush=True); sys.exit(5)\n"
+        "signal.signal(signal.SIGTERM, on)\n"
+        "signal.signal(signal.SIGINT, on)\n"
+        "print('up', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    settings = sbx.root / "s.json"
+    settings.write_text("{}")
+    options = ["--allow", "allowed.test"] if network else []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        launcher = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "srt_kernel.cli",
+                "run",
+                "--settings",
+                str(settings),
+                *options,
+                "--",
+                sys.executable,
+                "-c",
+                code,
+            ],
+            cwd=sbx.project,
+            env=sbx.env(),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert launcher.stdout is not None
+        assert launcher.stdout.readline().strip() == "up"
+        launcher.send_signal(sig)
+        out, _ = launcher.communicate(timeout=30)
+        assert out.strip() == f"got {sig.name}", launcher.returncode
+        assert launcher.returncode == 5

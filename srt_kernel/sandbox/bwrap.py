@@ -33,7 +33,7 @@ from types import FrameType
 from typing import IO, Any
 
 from srt_kernel import locations
-from srt_kernel.errors import PolicyError, SandboxUnavailable
+from srt_kernel.errors import PolicyError, SandboxError, SandboxUnavailable
 from srt_kernel.policy import Policy, is_within
 from srt_kernel.sandbox import facts as fsfacts
 from srt_kernel.sandbox.plan import LaunchSpec, SandboxPlan, plan_sandbox
@@ -92,6 +92,7 @@ class Sandbox:
     protected_before: set[str] = field(default_factory=set)
     links_before: set[str] = field(default_factory=set)
     _info: tuple[int, int] | None = None
+    _seccomp_fd: int | None = None
 
     def prepare(self) -> SandboxPlan:
         """Gather facts and plan, without starting anything."""
@@ -105,6 +106,8 @@ class Sandbox:
         # bubblewrap reports the sandbox's pid on this pipe; the fd keeps its
         # number in the child (pass_fds), so the plan can name it.
         self._info = os.pipe()
+        if self.init_seccomp and not self.tty and not self._wants_proxy():
+            self._seccomp_fd = _seccomp_program(self.policy)
         spec = LaunchSpec(
             command=tuple(self.command),
             cwd=self.cwd,
@@ -120,6 +123,7 @@ class Sandbox:
             keep_visible=tuple(keep),
             extra_env=dict(self.extra_env),
             binds=tuple(self.binds),
+            seccomp_fd=self._seccomp_fd,
         )
         self.plan = plan_sandbox(self.policy, facts, spec)
         cwd = os.path.realpath(self.cwd)
@@ -145,6 +149,12 @@ class Sandbox:
         """Create placeholders, start the proxy and bubblewrap."""
         plan = self.plan or self.prepare()
         assert self.run is not None
+        if (
+            direct_exec_plan(plan)
+            and shutil.which(self.command[0], path=plan.env.get("PATH")) is None
+        ):
+            self.close()
+            raise CommandNotFound(self.command[0])
         try:
             self.run.make_placeholders(plan.placeholders)
             if self._wants_proxy():
@@ -153,17 +163,25 @@ class Sandbox:
             info_r, info_w = self._info
             self._info = None
             try:
+                fds = (
+                    (info_w,)
+                    if self._seccomp_fd is None
+                    else (info_w, self._seccomp_fd)
+                )
                 self.process = subprocess.Popen(
                     list(plan.argv),
                     env=dict(plan.env),
                     stdin=stdin,
                     stdout=stdout,
                     stderr=stderr,
-                    pass_fds=(info_w,),
+                    pass_fds=fds,
                     start_new_session=True,
                 )
             finally:
                 os.close(info_w)
+                if self._seccomp_fd is not None:
+                    os.close(self._seccomp_fd)
+                    self._seccomp_fd = None
             self.child_pid = _read_child_pid(info_r)
         except BaseException:
             self.close()
@@ -197,10 +215,21 @@ class Sandbox:
         self.proxy.start()
 
     def signal(self, signum: int) -> None:
-        """Send ``signum`` to the sandbox's init, which passes it on."""
-        if self.child_pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.child_pid, signum)
+        """Send ``signum`` to the command.
+
+        Through init, which passes it on; where bubblewrap runs the command
+        itself, to the process group of the session the command runs in.
+        """
+        if self.child_pid is None:
+            return
+        if self.plan is not None and direct_exec_plan(self.plan):
+            # bubblewrap's own pid 1 leads the session the command runs in;
+            # as a namespace's init it ignores signals it has no handler for
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.child_pid, signum)
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.child_pid, signum)
 
     def wait(self) -> int:
         assert self.process is not None
@@ -242,6 +271,9 @@ class Sandbox:
             for fd in self._info:
                 os.close(fd)
             self._info = None
+        if self._seccomp_fd is not None:
+            os.close(self._seccomp_fd)
+            self._seccomp_fd = None
         if self.run is not None:
             self.run.remove()
             self.run = None
@@ -251,6 +283,35 @@ class Sandbox:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class CommandNotFound(SandboxError):
+    """The command does not exist on the sandbox's PATH."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"command not found: {name}")
+
+
+def direct_exec_plan(plan: SandboxPlan) -> bool:
+    return "--seccomp" in plan.argv
+
+
+def _seccomp_program(policy: Policy) -> int:
+    """A sealed memfd holding the filter, for bubblewrap's --seccomp."""
+    from srt_kernel.sandbox import seccomp
+
+    program = seccomp.build_filter(
+        allow_unix_sockets=policy.network.allow_all_unix_sockets
+    )
+    fd = os.memfd_create("srt-kernel-seccomp", os.MFD_CLOEXEC)
+    try:
+        seccomp.write_program(program, fd)
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _read_child_pid(fd: int) -> int | None:
@@ -291,7 +352,11 @@ def run_command(
         sys.stderr.write(plan.describe() + "\n")
         sys.stderr.write("bwrap argv: " + json.dumps(list(plan.argv)) + "\n")
     with sandbox:
-        status = _run_with_pty(sandbox) if use_tty else _run_plain(sandbox)
+        try:
+            status = _run_with_pty(sandbox) if use_tty else _run_plain(sandbox)
+        except CommandNotFound as exc:
+            sys.stderr.write(f"srt-kernel: command not found: {exc.name}\n")
+            return 127
         created = sandbox.created_protected()
     for path in created:
         sys.stderr.write(

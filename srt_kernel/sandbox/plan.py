@@ -142,6 +142,10 @@ class LaunchSpec:
     tty: bool = False
     #: The fd bubblewrap reports the sandbox's pid on.
     info_fd: int | None = None
+    #: An fd holding the seccomp program for bubblewrap's ``--seccomp``.
+    #: When set (no network relay, no terminal), bubblewrap applies the
+    #: filter and runs the command itself: no init process, a faster start.
+    seccomp_fd: int | None = None
     #: Paths that must stay visible although they are under the private /tmp
     #: (the interpreter and the package when installed there).
     keep_visible: tuple[str, ...] = ()
@@ -440,7 +444,17 @@ BOOT = (
 )
 
 
+def direct_exec(spec: LaunchSpec) -> bool:
+    """Whether bubblewrap runs the command itself, without :mod:`.init`.
+
+    Init is needed to relay the network, to give a terminal to the command,
+    and when the command applies its own filter later (the kernel).
+    """
+    return spec.seccomp_fd is not None and spec.proxy_dir is None and not spec.tty
+
+
 def _argv(mounts: list[Mount], spec: LaunchSpec, policy: Policy) -> tuple[str, ...]:
+    direct = direct_exec(spec)
     argv = [
         spec.bwrap,
         "--unshare-user",
@@ -454,15 +468,18 @@ def _argv(mounts: list[Mount], spec: LaunchSpec, policy: Policy) -> tuple[str, .
         "ALL",
         "--die-with-parent",
         "--new-session",
-        "--as-pid-1",
-        "--hostname",
-        "sandbox",
     ]
+    if not direct:
+        argv.append("--as-pid-1")
+    argv += ["--hostname", "sandbox"]
     for m in mounts:
         argv += _mount_args(m, spec.run_dir)
     argv += ["--chdir", spec.cwd]
     if spec.info_fd is not None:
         argv += ["--info-fd", str(spec.info_fd)]
+    if direct:
+        argv += ["--seccomp", str(spec.seccomp_fd), "--", *spec.command]
+        return tuple(argv)
     argv += ["--", spec.python, "-I", "-S", "-c", BOOT, spec.package_parent]
     argv += [json.dumps(init_config(policy, spec), sort_keys=True), "--"]
     argv += list(spec.command)

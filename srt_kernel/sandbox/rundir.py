@@ -98,8 +98,8 @@ class RunDir:
     def make_placeholders(self, placeholders: tuple[tuple[str, str], ...]) -> None:
         """Create each missing protected path as an empty file or folder.
 
-        Created without following symlinks, and recorded (with its inode) in
-        the manifest before the next one, so a crash leaves nothing unknown.
+        Created without following symlinks, and recorded with their inodes
+        in the manifest, which the next start uses after a SIGKILL.
         """
         for path, kind in placeholders:
             try:
@@ -127,7 +127,9 @@ class RunDir:
             finally:
                 os.close(fd)
             self.created.append((path, kind, ino))
-            self._write_manifest()
+        # One write for all: a launcher killed in between leaves at most the
+        # placeholders of this one launch for the user to see.
+        self._write_manifest()
 
     def _write_manifest(self) -> None:
         tmp = self.path / (_MANIFEST + ".tmp")
