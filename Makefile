@@ -11,7 +11,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 TEST_USER ?= srtkernel-test
 
-.PHONY: setup bwrap demo test lint typecheck pytest test-as-user bench clean
+.PHONY: setup bwrap browser demo test lint typecheck pytest test-as-user bench clean
 
 setup: $(STAMP) bwrap
 
@@ -33,6 +33,19 @@ bwrap:
 	  fi; \
 	fi
 
+# The browser tests drive Debian's Chromium (Playwright cannot download its
+# own here); without it they skip and say what to install.
+browser:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium with apt-get (for the browser tests)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "chromium is missing: the browser tests will skip. Install it with:"; \
+	    echo "  sudo apt-get install -y chromium"; \
+	  fi; \
+	fi
+
 demo: setup
 	$(VENV)/bin/srt-kernel doctor
 	$(VENV)/bin/srt-kernel install --sys-prefix
@@ -45,7 +58,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-pytest: setup
+pytest: setup browser
 	$(PY) -m pytest -q -ra
 
 # The sandbox is tested as root and as an unprivileged user.

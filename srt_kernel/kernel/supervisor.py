@@ -234,6 +234,7 @@ class Supervisor:
             run=run,
             init_seccomp=False,
             always_proxy=True,
+            defer_proxy=True,
             binds=(
                 (str(kernel_dir), KERNEL_INSIDE, True),
                 (str(policy_dir), POLICY_INSIDE, False),
@@ -247,6 +248,8 @@ class Supervisor:
             stdout=subprocess.DEVNULL,
             stderr=sys.stderr,
         )
+        # while the inner kernel starts up: no cell can run before the relay
+        self.sandbox.start_proxy()
         self._wait_for_sockets(inner, process)
         self.relay = Relay(
             self.frontend,

@@ -36,6 +36,7 @@ from srt_kernel import locations
 from srt_kernel.errors import PolicyError, SandboxError, SandboxUnavailable
 from srt_kernel.policy import Policy, is_within
 from srt_kernel.sandbox import facts as fsfacts
+from srt_kernel.sandbox import rundir as rundir_mod
 from srt_kernel.sandbox.plan import LaunchSpec, SandboxPlan, plan_sandbox
 from srt_kernel.sandbox.rundir import RunDir
 
@@ -88,6 +89,11 @@ class Sandbox:
     #: Start the proxy even when no host is allowed, so that every attempt
     #: is refused with a reason and recorded (the kernel does this).
     always_proxy: bool = False
+    #: Leave the proxy to :meth:`start_proxy`, called after bubblewrap is
+    #: started, so that its start overlaps the command's own.  Only for a
+    #: command that makes no connection before the caller says so (the
+    #: kernel: no cell runs before the relay is up).
+    defer_proxy: bool = False
     extra_env: Mapping[str, str] = field(default_factory=dict)
     protected_before: set[str] = field(default_factory=set)
     links_before: set[str] = field(default_factory=set)
@@ -157,8 +163,12 @@ class Sandbox:
             raise CommandNotFound(self.command[0])
         try:
             self.run.make_placeholders(plan.placeholders)
-            if self._wants_proxy():
-                self._start_proxy()
+            if self._wants_proxy() and not self.defer_proxy:
+                self.start_proxy()
+            elif self._wants_proxy():
+                # the folder must exist for the bind mount; the sockets come
+                # with start_proxy(), before anything in the sandbox can use them
+                rundir_mod.ensure_private_dir(self.run.proxy_dir)
             assert self._info is not None
             info_r, info_w = self._info
             self._info = None
@@ -202,7 +212,8 @@ class Sandbox:
     def _wants_proxy(self) -> bool:
         return self.policy.network.enabled or self.always_proxy
 
-    def _start_proxy(self) -> None:
+    def start_proxy(self) -> None:
+        """Start the proxy (done by :meth:`start` unless ``defer_proxy``)."""
         from srt_kernel.proxy.server import ProxyServer
 
         assert self.run is not None
