@@ -306,13 +306,18 @@ def test_dangerous_setting_makes_a_protected_path_writable(world: Env) -> None:
 
 
 @pytest.mark.bwrap
-def test_cell_can_narrow_but_never_widen(world: Env, upstream: tuple[int, list[str]]) -> None:
+def test_cell_can_narrow_but_never_widen(
+    world: Env, upstream: tuple[int, list[str]]
+) -> None:
     port, seen = upstream
     world.settings(
         {
             "network": {
                 "allowedDomains": ["allowed.test", "other.test", f"127.0.0.1:{port}"],
-                "hostAddresses": {"allowed.test": "127.0.0.1", "other.test": "127.0.0.1"},
+                "hostAddresses": {
+                    "allowed.test": "127.0.0.1",
+                    "other.test": "127.0.0.1",
+                },
             }
         }
     )
