@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.kernel_fixtures import FETCH, Env
-from tests.kernel_harness import kernel, run, set_sandbox_metadata
+from tests.kernel_harness import kernel, run, set_sandbox_metadata, write_notebook
 
 pytestmark = pytest.mark.bwrap
 
@@ -422,3 +422,40 @@ def test_policy_command_shows_notebook_policy(world: Env) -> None:
     assert proc.returncode == 0, proc.stderr
     assert f"denyRead   {world.project}/private" in proc.stdout
     assert "notebook metadata (analysis.ipynb)" in proc.stdout
+
+
+def test_vscode_style_start_gets_the_notebooks_policy(world: Env) -> None:
+    # VS Code starts the kernel from its argv with no Jupyter server, then
+    # names the notebook in a silent request before the first cell.
+    (world.project / "secret.txt").write_text("s3cret")
+    (world.project / "out").mkdir()
+    set_sandbox_metadata(
+        world.notebook,
+        {"filesystem": {"denyRead": ["./secret.txt"], "allowWrite": ["./out"]}},
+    )
+    env = dict(world.env)
+    env.pop("SRT_KERNEL_NOTEBOOK")
+    with kernel(env, world.project) as (_, kc):
+        silent = kc.execute(
+            f"__vsc_ipynb_file__ = {str(world.notebook)!r}", silent=True
+        )
+        reply = kc.get_shell_msg(timeout=60)
+        assert reply["parent_header"]["msg_id"] == silent
+        assert reply["content"]["status"] == "ok"
+
+        read = run(kc, "open('secret.txt').read()")
+        assert read.reply["content"]["ename"] == "PermissionError"
+        assert run(kc, "open('out/a.txt', 'w').write('a')").status == "ok"
+        root = run(kc, "open('b.txt', 'w')")
+        assert root.reply["content"]["ename"] == "OSError"
+        note = run(kc, "open('analysis.ipynb', 'a')")
+        assert note.reply["content"]["ename"] == "OSError"
+
+        # a later claim, after a cell ran, changes nothing
+        other = write_notebook(world.project / "other.ipynb", {})
+        kc.execute(f"__vsc_ipynb_file__ = {str(other)!r}", silent=True)
+        kc.get_shell_msg(timeout=60)
+        still = run(kc, "open('secret.txt').read()")
+        assert still.reply["content"]["ename"] == "PermissionError"
+    assert (world.project / "out" / "a.txt").read_text() == "a"
+    assert not (world.project / "b.txt").exists()

@@ -215,6 +215,7 @@ class Relay:
         self._wake_address = f"inproc://srt-relay-wake-{self.session}"
         self._context = zmq.Context()
         self._sockets: dict[str, zmq.Socket[bytes]] = {}
+        self._replaced = False
 
     # -- the supervisor's interface ------------------------------------------
 
@@ -320,7 +321,11 @@ class Relay:
             self.frontend_ports[channel] = port
             self._sockets[f"f_{channel}"] = sock
 
-        # The inner side: check each file, then connect once.
+        self._connect_inner()
+
+    def _connect_inner(self) -> None:
+        """Check each inner socket file, then connect to it once."""
+        ctx = self._context
         identity = uuid.uuid4().bytes
         for channel in CHANNELS:
             path = self.inner.ipc_path(channel)
@@ -343,6 +348,22 @@ class Relay:
                     "relay connected to it; the relay refuses to go on."
                 )
 
+    def replace_inner(self, inner: Connection) -> None:
+        """Relay to a new inner kernel from now on (call from a hook only).
+
+        The supervisor uses it when it rebuilds the sandbox before the first
+        cell: the old inner sockets are closed, the new ones checked and
+        connected, and the next message goes to the new kernel.
+        """
+        for channel in CHANNELS:
+            sock = self._sockets.pop(f"i_{channel}", None)
+            if sock is not None:
+                sock.close(linger=0)
+        self.inner = inner
+        self._inner_signer = Signer(inner.key, inner.signature_scheme)
+        self._connect_inner()
+        self._replaced = True
+
     def _close(self) -> None:
         for sock in self._sockets.values():
             sock.close(linger=0)
@@ -359,12 +380,17 @@ class Relay:
         poller.register(self._sockets["wake"], zmq.POLLIN)
 
         while not self._stopping.is_set():
+            if self._replaced:
+                # the inner sockets were replaced by a hook: poll the new ones
+                self._replaced = False
+                self._loop()
+                return
             events = dict(poller.poll(500))
             if self._sockets["wake"] in events:
                 self._drain_wake()
             self._run_commands()
             for sock, handler in handlers.items():
-                if sock not in events:
+                if sock not in events or self._replaced:
                     continue
                 for _ in range(100):
                     try:
@@ -372,6 +398,12 @@ class Relay:
                     except zmq.Again:
                         break
                     handler(frames)
+                    if self._inner_replaced():
+                        break
+
+    def _inner_replaced(self) -> bool:
+        # a method, so that type checkers do not assume a hook left it alone
+        return self._replaced
 
     def _drain_wake(self) -> None:
         wake = self._sockets["wake"]

@@ -23,6 +23,7 @@ srt-kernel's data folder, which the sandbox can neither read nor write.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import datetime
 import json
@@ -63,6 +64,34 @@ KERNEL_INSIDE = RUN_INSIDE + "/kernel"
 POLICY_INSIDE = RUN_INSIDE + "/policy"
 #: How long the inner kernel may take to bind its sockets.
 START_TIMEOUT = 60.0
+
+
+def vscode_notebook(code: str) -> Path | None:
+    """The notebook a VS Code silent request names, or None.
+
+    VS Code names the notebook by assigning ``__vsc_ipynb_file__`` in a
+    silent execute before the first cell.  Only a plain assignment of a
+    string literal to an existing ``.ipynb`` file is taken.
+    """
+    if "__vsc_ipynb_file__" not in code:
+        return None
+    try:
+        tree = ast.parse(code)
+    except SyntaxError:
+        return None
+    for node in tree.body:
+        if (
+            isinstance(node, ast.Assign)
+            and len(node.targets) == 1
+            and isinstance(node.targets[0], ast.Name)
+            and node.targets[0].id == "__vsc_ipynb_file__"
+            and isinstance(node.value, ast.Constant)
+            and isinstance(node.value.value, str)
+        ):
+            path = Path(node.value.value)
+            if path.is_absolute() and path.suffix == ".ipynb" and path.is_file():
+                return path.resolve()
+    return None
 
 
 def cell_narrowing(code: str) -> pol.Layer | None:
@@ -161,6 +190,8 @@ class Supervisor:
         self.first_cell_done = False
         self.fs_notice_given = False
         self.narrowings: dict[str, pol.Layer] = {}
+        #: Whether a cell (a non-silent execute_request) was sent yet.
+        self.cell_seen = False
         self.lock = threading.Lock()
 
     # -- start and stop ----------------------------------------------------
@@ -200,8 +231,8 @@ class Supervisor:
         )
         return replace(policy, protected=policy.protected + extra)
 
-    def start(self) -> None:
-        """Start the proxy, the sandbox and the relay; raise on any failure."""
+    def _launch(self) -> tuple[Sandbox, Connection]:
+        """Start a sandbox with the inner kernel; return it when it is ready."""
         policy = self._notebook_protection(self.state.policy)
         run = RunDir.create(locations.runtime_root())
         kernel_dir = run.path / "kernel"
@@ -226,7 +257,7 @@ class Supervisor:
             "--IPKernelApp.extensions=['srt_kernel.magics']",
         ]
         cwd = str(self.notebook.parent) if self.notebook else self.cwd
-        self.sandbox = Sandbox(
+        sandbox = Sandbox(
             policy,
             command,
             cwd=cwd,
@@ -241,20 +272,30 @@ class Supervisor:
             ),
             extra_env={"SRT_KERNEL_POLICY": f"{POLICY_INSIDE}/policy.txt"},
         )
-        process = self.sandbox.start(
-            # the inner kernel's own stdout carries only start-up chatter;
-            # cells' output reaches the frontend through iopub
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=sys.stderr,
-        )
-        # while the inner kernel starts up: no cell can run before the relay
-        self.sandbox.start_proxy()
-        self._wait_for_sockets(inner, process)
+        try:
+            process = sandbox.start(
+                # the inner kernel's own stdout carries only start-up chatter;
+                # cells' output reaches the frontend through iopub
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=sys.stderr,
+            )
+            # while the inner kernel starts up: no cell can run before the relay
+            sandbox.start_proxy()
+            self._wait_for_sockets(inner, process)
+        except BaseException:
+            sandbox.close()
+            raise
+        self.started_fs = policy.filesystem
+        return sandbox, inner
+
+    def start(self) -> None:
+        """Start the proxy, the sandbox and the relay; raise on any failure."""
+        self.sandbox, inner = self._launch()
         self.relay = Relay(
             self.frontend,
             inner,
-            allow_active_output=policy.allow_active_output,
+            allow_active_output=self.state.policy.allow_active_output,
             banner=banner(self.state, self.notebook),
             on_request=self._on_request,
             on_output=self._on_output,
@@ -263,6 +304,41 @@ class Supervisor:
             on_idle=self._on_idle,
         )
         self.relay.start()
+
+    def _adopt_notebook(self, notebook: Path) -> None:
+        """VS Code named the notebook: apply its policy before the first cell.
+
+        The network part goes to the proxy; when the files part differs from
+        the one the sandbox was built with, the sandbox is built again and
+        the relay moves to the new inner kernel (no cell has run yet, so no
+        state is lost).
+        """
+        self.notebook = notebook
+        self.context = locations.gather_context(str(notebook.parent))
+        self.base = pol.resolve(self.context, locations.user_layers(None, self.context))
+        self.state = notebook_policy(self.base, notebook, self.context)
+        wanted = self._notebook_protection(self.state.policy)
+        if self.relay is None or self.sandbox is None:
+            return
+        have = self.sandbox.policy
+        if (wanted.filesystem, wanted.protected, wanted.unprotected) == (
+            have.filesystem,
+            have.protected,
+            have.unprotected,
+        ):
+            self._apply_network()
+            return
+        old = self.sandbox
+        try:
+            new, inner = self._launch()
+        except SrtKernelError as exc:
+            log.error("rebuilding the sandbox for %s failed: %s", notebook, exc)
+            old.close()  # fail closed: the kernel dies rather than run unsandboxed
+            raise
+        self.sandbox = new
+        self.relay.replace_inner(inner)
+        old.close()
+        self._apply_network()
 
     def _wait_for_sockets(
         self, inner: Connection, process: subprocess.Popen[bytes]
@@ -284,9 +360,13 @@ class Supervisor:
 
     def wait(self) -> int:
         """Relay until the inner kernel exits; return the exit status."""
-        assert self.sandbox is not None
-        status = self.sandbox.wait()
-        return status
+        while True:
+            sandbox = self.sandbox
+            assert sandbox is not None
+            status = sandbox.wait()
+            if self.sandbox is sandbox:
+                return status
+            # the sandbox was rebuilt for the notebook: wait for the new one
 
     def close(self) -> None:
         if self.relay is not None:
@@ -323,12 +403,19 @@ class Supervisor:
     def _on_request(self, channel: str, msg: Message) -> None:
         if channel != "shell" or msg.msg_type != "execute_request":
             return
+        code = str(msg.content.get("code", ""))
+        if msg.content.get("silent") and not self.cell_seen and self.notebook is None:
+            announced = vscode_notebook(code)
+            if announced is not None:
+                self._adopt_notebook(announced)
+        if not msg.content.get("silent"):
+            self.cell_seen = True
         with self.lock:
             self.cells[msg.msg_id] = CellRecord()
             while len(self.cells) > 1000:
                 self.cells.pop(next(iter(self.cells)))
         self._reread_policy()
-        narrowing = cell_narrowing(str(msg.content.get("code", "")))
+        narrowing = cell_narrowing(code)
         if narrowing is not None:
             # Applied before the request reaches the inner kernel, and held
             # until the cell is idle: no connection of the cell can start
