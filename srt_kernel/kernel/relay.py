@@ -36,29 +36,32 @@ last output and its ``idle`` status.  Hooks run on the relay's thread.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue
 import stat
 import threading
+import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import zmq
 
 from srt_kernel.errors import KernelError
 from srt_kernel.kernel import checks, messages
+from srt_kernel.kernel.connection import CHANNELS, Connection
 from srt_kernel.kernel.messages import JSONDict, Message, Signer
 from srt_kernel.kernel.sanitize import Sanitizer
 
 log = logging.getLogger(__name__)
 
-CHANNELS = ("shell", "control", "stdin", "iopub", "hb")
+
+#: How long the relay waits for the inner kernel to confirm its iopub
+#: subscription (ipykernel 7 does at once; older kernels never do).
+INNER_WELCOME_TIMEOUT = 5.0
 
 #: Largest heartbeat payload passed on; frontends send a few bytes.
 MAX_HEARTBEAT_BYTES = 1024
@@ -80,53 +83,6 @@ class Output:
     msg_type: str
     content: JSONDict
     marker: JSONDict = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Connection:
-    """The parts of a connection file that the relay uses."""
-
-    transport: str
-    ip: str
-    ports: Mapping[str, int]
-    key: bytes
-    signature_scheme: str = "hmac-sha256"
-
-    @classmethod
-    def from_dict(cls, info: Mapping[str, Any]) -> Connection:
-        """Read a connection file's dict (``shell_port``, ``key`` ...)."""
-        try:
-            ports = {name: int(info.get(f"{name}_port", 0)) for name in CHANNELS}
-            key = info.get("key", "")
-            return cls(
-                transport=str(info.get("transport", "tcp")),
-                ip=str(info["ip"]),
-                ports=ports,
-                key=key.encode() if isinstance(key, str) else bytes(key),
-                signature_scheme=str(info.get("signature_scheme", "hmac-sha256")),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise KernelError(
-                f"A connection file is missing or has a bad field ({exc}); "
-                "it needs ip, key and the five *_port numbers."
-            ) from exc
-
-    @classmethod
-    def from_file(cls, path: str | os.PathLike[str]) -> Connection:
-        """Read a connection file."""
-        try:
-            info = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise KernelError(
-                f"Cannot read the connection file {os.fspath(path)!r} ({exc})."
-            ) from exc
-        if not isinstance(info, dict):
-            raise KernelError(f"The connection file {os.fspath(path)!r} is not JSON.")
-        return cls.from_dict(info)
-
-    def ipc_path(self, channel: str) -> str:
-        """The socket file of ``channel`` for ipc transport."""
-        return f"{self.ip}-{self.ports[channel]}"
 
 
 def check_socket_file(path: str) -> os.stat_result:
@@ -243,6 +199,45 @@ class Relay:
             self._thread.join(timeout)
         self._context.term()
 
+    def bind_frontend(self) -> None:
+        """Bind the frontend's five ports now (done by :meth:`start` if not).
+
+        The supervisor binds them first thing, so that a frontend's
+        connections (and its iopub subscription) are in place by the time
+        the inner kernel answers; a frontend that connected earlier would
+        otherwise wait out ZeroMQ's reconnect interval and miss the first
+        cell's outputs.
+        """
+        ctx = self._context
+        kinds = {
+            "shell": zmq.ROUTER,
+            "control": zmq.ROUTER,
+            "stdin": zmq.ROUTER,
+            "iopub": zmq.XPUB,
+            "hb": zmq.ROUTER,
+        }
+        for channel, kind in kinds.items():
+            sock = ctx.socket(kind)
+            sock.linger = 1000
+            if kind == zmq.XPUB:
+                # Every subscription is seen, so a second frontend is welcomed too.
+                sock.setsockopt(zmq.XPUB_VERBOSE, 1)
+            address = f"tcp://{self.frontend.ip}"
+            port = self.frontend.ports[channel]
+            try:
+                if port:
+                    sock.bind(f"{address}:{port}")
+                else:
+                    port = sock.bind_to_random_port(address)
+            except zmq.ZMQError as exc:
+                sock.close()
+                raise KernelError(
+                    f"Cannot bind the {channel} port {address}:{port} for the "
+                    f"frontend ({exc}); choose a free port."
+                ) from exc
+            self.frontend_ports[channel] = port
+            self._sockets[f"f_{channel}"] = sock
+
     def interrupt(self) -> None:
         """Send a supervisor-signed ``interrupt_request`` to the inner kernel."""
         self._command("interrupt", None)
@@ -291,36 +286,8 @@ class Relay:
         wake.bind(self._wake_address)
         self._sockets["wake"] = wake
 
-        # The frontend's side: what any kernel binds.
-        kinds = {
-            "shell": zmq.ROUTER,
-            "control": zmq.ROUTER,
-            "stdin": zmq.ROUTER,
-            "iopub": zmq.XPUB,
-            "hb": zmq.ROUTER,
-        }
-        for channel, kind in kinds.items():
-            sock = ctx.socket(kind)
-            sock.linger = 1000
-            if kind == zmq.XPUB:
-                # Every subscription is seen, so a second frontend is welcomed too.
-                sock.setsockopt(zmq.XPUB_VERBOSE, 1)
-            address = f"tcp://{self.frontend.ip}"
-            port = self.frontend.ports[channel]
-            try:
-                if port:
-                    sock.bind(f"{address}:{port}")
-                else:
-                    port = sock.bind_to_random_port(address)
-            except zmq.ZMQError as exc:
-                sock.close()
-                raise KernelError(
-                    f"Cannot bind the {channel} port {address}:{port} for the "
-                    f"frontend ({exc}); choose a free port."
-                ) from exc
-            self.frontend_ports[channel] = port
-            self._sockets[f"f_{channel}"] = sock
-
+        if not self.frontend_ports:
+            self.bind_frontend()
         self._connect_inner()
 
     def _connect_inner(self) -> None:
@@ -347,6 +314,36 @@ class Relay:
                     f"The inner kernel's socket {path!r} was replaced while the "
                     "relay connected to it; the relay refuses to go on."
                 )
+        self._await_subscription()
+
+    def _await_subscription(self, timeout: float = INNER_WELCOME_TIMEOUT) -> None:
+        """Wait until the inner kernel's iopub has our subscription.
+
+        A subscription takes effect some time after connecting; whatever the
+        inner kernel publishes before that is lost (the first cell's status
+        and output).  ipykernel 7 says when it has one with an
+        ``iopub_welcome`` (JEP 65); an older kernel is given the timeout.
+        """
+        sock = self._sockets["i_iopub"]
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if not sock.poll(int(left * 1000), zmq.POLLIN):
+                break
+            frames = sock.recv_multipart()
+            try:
+                msg = messages.parse(
+                    frames, self._inner_signer, max_bytes=self.max_bytes
+                )
+            except KernelError:
+                continue
+            if msg.msg_type == "iopub_welcome":
+                return
+        log.info("relay: no iopub_welcome from the inner kernel; going on")
+
+    def use_inner(self, inner: Connection) -> None:
+        """Set the inner kernel's connection before :meth:`start`."""
+        self.inner = inner
+        self._inner_signer = Signer(inner.key, inner.signature_scheme)
 
     def replace_inner(self, inner: Connection) -> None:
         """Relay to a new inner kernel from now on (call from a hook only).

@@ -38,6 +38,7 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from srt_kernel import locations
 from srt_kernel import policy as pol
@@ -50,13 +51,17 @@ from srt_kernel.errors import (
 )
 from srt_kernel.hosts import HostPattern, parse_pattern
 from srt_kernel.kernel import report
-from srt_kernel.kernel.checks import Request
-from srt_kernel.kernel.messages import Message
+from srt_kernel.kernel.connection import CHANNELS, Connection
 from srt_kernel.kernel.notebook import PolicyState, find_notebook, notebook_policy
-from srt_kernel.kernel.relay import CHANNELS, Connection, Output, Relay
 from srt_kernel.sandbox.bwrap import Sandbox
 from srt_kernel.sandbox.plan import RUN_INSIDE
 from srt_kernel.sandbox.rundir import RunDir
+
+if TYPE_CHECKING:
+    # the relay (ZeroMQ) is imported while the inner kernel starts up
+    from srt_kernel.kernel.checks import Request
+    from srt_kernel.kernel.messages import Message
+    from srt_kernel.kernel.relay import Output, Relay
 
 log = logging.getLogger(__name__)
 
@@ -291,10 +296,16 @@ class Supervisor:
 
     def start(self) -> None:
         """Start the proxy, the sandbox and the relay; raise on any failure."""
-        self.sandbox, inner = self._launch()
-        self.relay = Relay(
+        # The frontend's ports first: its connections are made while the
+        # sandbox starts.  The inner side is filled in once it is ready.
+        from srt_kernel.kernel.relay import Relay
+
+        placeholder = Connection(
+            "ipc", "", dict.fromkeys(CHANNELS, 0), os.urandom(32).hex().encode()
+        )
+        relay = Relay(
             self.frontend,
-            inner,
+            placeholder,
             allow_active_output=self.state.policy.allow_active_output,
             banner=banner(self.state, self.notebook),
             on_request=self._on_request,
@@ -303,7 +314,11 @@ class Supervisor:
             on_reply=self._on_reply,
             on_idle=self._on_idle,
         )
-        self.relay.start()
+        relay.bind_frontend()
+        self.sandbox, inner = self._launch()
+        relay.use_inner(inner)
+        self.relay = relay
+        relay.start()
 
     def _adopt_notebook(self, notebook: Path) -> None:
         """VS Code named the notebook: apply its policy before the first cell.
@@ -489,6 +504,8 @@ class Supervisor:
                 f.write(json.dumps(entry) + "\n")
 
     def _on_idle(self, request: Request) -> list[Output]:
+        from srt_kernel.kernel.relay import Output
+
         if request.msg_type != "execute_request":
             return []
         if self.narrowings.pop(request.msg_id, None) is not None:
