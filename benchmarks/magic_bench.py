@@ -158,6 +158,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  srt-kernel run / srt: {median['run'] / median['srt']:.2f}")
     else:
         print(f"  srt skipped: {why}")
+    out = Path(__file__).resolve().parent / "results" / "magic.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(
+        json.dumps(
+            {
+                "rounds": args.rounds,
+                "median_ms": {k: round(v * 1000, 2) for k, v in median.items()},
+                "magic_extra_ms": round(extra * 1000, 2),
+                "srt": "ok" if "srt" in median else f"skipped: {why}",
+            },
+            indent=1,
+        )
+    )
+    print(f"wrote {out}")
     os.chdir("/")
     shutil.rmtree(work, ignore_errors=True)
     return 0

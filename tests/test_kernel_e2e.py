@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -459,3 +461,71 @@ def test_vscode_style_start_gets_the_notebooks_policy(world: Env) -> None:
         assert still.reply["content"]["ename"] == "PermissionError"
     assert (world.project / "out" / "a.txt").read_text() == "a"
     assert not (world.project / "b.txt").exists()
+
+
+def _wheel(folder: Path) -> Path:
+    """A one-module wheel, built by hand: nothing to download."""
+    import base64
+    import hashlib
+    import zipfile
+
+    files = {
+        "tinypkg/__init__.py": b"ANSWER = 42\n",
+        "tinypkg-0.1.dist-info/METADATA": b"Metadata-Version: 2.1\nName: tinypkg\nVersion: 0.1\n",
+        "tinypkg-0.1.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    record = []
+    for name, data in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
+        record.append(f"{name},sha256={digest.decode()},{len(data)}")
+    record.append("tinypkg-0.1.dist-info/RECORD,,")
+    files["tinypkg-0.1.dist-info/RECORD"] = ("\n".join(record) + "\n").encode()
+    path = folder / "tinypkg-0.1-py3-none-any.whl"
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return path
+
+
+def test_pip_installs_into_the_notebooks_own_folder(world: Env) -> None:
+    import functools
+
+    index = world.root / "index"
+    (index / "simple" / "tinypkg").mkdir(parents=True)
+    wheel = _wheel(index / "simple" / "tinypkg")
+    (index / "simple" / "tinypkg" / "index.html").write_text(
+        f'<a href="{wheel.name}">{wheel.name}</a>\n'
+    )
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(index))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    world.settings(
+        {
+            "network": {
+                "allowedDomains": [f"index.test:{port}", f"127.0.0.1:{port}"],
+                "hostAddresses": {"index.test": "127.0.0.1"},
+            }
+        }
+    )
+    try:
+        with kernel(world.env, world.project) as (_, kc):
+            url = f"http://index.test:{port}/simple"
+            pip = run(
+                kc,
+                f"%pip install --no-deps --index-url {url} --trusted-host index.test tinypkg",
+                timeout=180,
+            )
+            assert pip.status == "ok", pip.outputs
+            assert "Successfully installed tinypkg-0.1" in pip.stdout
+            used = run(kc, "import tinypkg\nprint(tinypkg.ANSWER, tinypkg.__file__)")
+            answer, where = used.stdout.split()
+            assert answer == "42"
+            assert where.startswith("/run/srt-kernel/packages/")
+    finally:
+        server.shutdown()
+        server.server_close()
+    # installed for this notebook only, outside the project and site-packages
+    packages = world.home / ".local" / "share" / "srt-kernel" / "packages"
+    assert list(packages.glob("*/tinypkg/__init__.py"))
+    assert not (world.project / "tinypkg").exists()

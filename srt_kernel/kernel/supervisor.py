@@ -26,6 +26,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import datetime
+import hashlib
 import json
 import logging
 import os
@@ -66,6 +67,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 KERNEL_INSIDE = RUN_INSIDE + "/kernel"
+PACKAGES_INSIDE = RUN_INSIDE + "/packages"
 POLICY_INSIDE = RUN_INSIDE + "/policy"
 #: How long the inner kernel may take to bind its sockets.
 START_TIMEOUT = 60.0
@@ -224,6 +226,19 @@ class Supervisor:
         host_view = dict(inner, ip=str(kernel_dir / "k"))
         return Connection.from_dict(host_view)
 
+    def _packages_dir(self) -> Path:
+        """The notebook's own package folder (``%pip`` installs there).
+
+        One per notebook (or per working folder without one), in
+        srt-kernel's data folder: outside every writable root, so nothing
+        but this kernel's sandbox, where it is mounted, can write it.
+        """
+        key = str(self.notebook) if self.notebook else self.cwd
+        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+        folder = locations.data_dir() / "packages" / digest
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return folder
+
     def _notebook_protection(self, policy: pol.Policy) -> pol.Policy:
         """The notebook file and what Jupyter writes beside it, protected."""
         if self.notebook is None:
@@ -274,8 +289,16 @@ class Supervisor:
             binds=(
                 (str(kernel_dir), KERNEL_INSIDE, True),
                 (str(policy_dir), POLICY_INSIDE, False),
+                (str(self._packages_dir()), PACKAGES_INSIDE, True),
             ),
-            extra_env={"SRT_KERNEL_POLICY": f"{POLICY_INSIDE}/policy.txt"},
+            extra_env={
+                "SRT_KERNEL_POLICY": f"{POLICY_INSIDE}/policy.txt",
+                # %pip installs here, and the kernel imports from here: the
+                # interpreter's own site-packages is read-only in the sandbox
+                "PIP_TARGET": PACKAGES_INSIDE,
+                "PYTHONPATH": PACKAGES_INSIDE,
+                "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+            },
         )
         try:
             process = sandbox.start(
