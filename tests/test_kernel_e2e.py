@@ -496,7 +496,9 @@ def test_pip_installs_into_the_notebooks_own_folder(world: Env) -> None:
     (index / "simple" / "tinypkg" / "index.html").write_text(
         f'<a href="{wheel.name}">{wheel.name}</a>\n'
     )
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(index))
+    handler = functools.partial(
+        http.server.SimpleHTTPRequestHandler, directory=str(index)
+    )
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     port = server.server_address[1]
