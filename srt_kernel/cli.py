@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from srt_kernel import __version__, locations
 from srt_kernel import policy as pol
@@ -248,6 +249,18 @@ def _command_from_args(args: argparse.Namespace) -> list[str]:
     return argv
 
 
+def _existing_notebook(path: str) -> Path:
+    notebook = Path(path).resolve()
+    if not notebook.is_file():
+        raise PolicyError(
+            f"the notebook {path!r} does not exist; check the path.",
+            field="NOTEBOOK",
+            value=path,
+            source="command line",
+        )
+    return notebook
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from srt_kernel.sandbox.bwrap import run_command
 
@@ -270,18 +283,9 @@ def cmd_policy(args: argparse.Namespace) -> int:
     if args.notebook is None:
         print(pol.describe(_policy_from_args(args)))
         return 0
-    from pathlib import Path
-
     from srt_kernel.kernel.notebook import notebook_policy
 
-    notebook = Path(args.notebook).resolve()
-    if not notebook.is_file():
-        raise PolicyError(
-            f"the notebook {args.notebook!r} does not exist; check the path.",
-            field="NOTEBOOK",
-            value=args.notebook,
-            source="command line",
-        )
+    notebook = _existing_notebook(args.notebook)
     context = locations.gather_context(str(notebook.parent))
     base = pol.resolve(context, locations.user_layers(args.settings, context))
     state = notebook_policy(base, notebook, context)
@@ -295,19 +299,10 @@ def cmd_policy(args: argparse.Namespace) -> int:
 
 
 def cmd_trust(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from srt_kernel import trust
     from srt_kernel.kernel.notebook import approvals, read_metadata
 
-    notebook = Path(args.notebook).resolve()
-    if not notebook.is_file():
-        raise PolicyError(
-            f"the notebook {args.notebook!r} does not exist; check the path.",
-            field="NOTEBOOK",
-            value=args.notebook,
-            source="command line",
-        )
+    notebook = _existing_notebook(args.notebook)
     store = approvals()
     if args.revoke:
         done = store.revoke(notebook)
