@@ -264,6 +264,7 @@ def test_notebook_metadata_tightens_and_is_reread(
         set_sandbox_metadata(world.notebook, {"network": {"allowedDomains": []}})
         later = run(kc, FETCH.format(host="allowed.test", port=port))
         assert later.reply["content"]["ename"] == "HTTPError"
+        assert "no network (no allowed domains)" in run(kc, "%sandbox").stdout
 
         # metadata computes from your settings each time: lifting its own
         # restriction again is fine, as far as your settings go

@@ -259,10 +259,7 @@ class Supervisor:
         kernel_dir.mkdir(mode=0o700)
         policy_dir = run.path / "policy"
         policy_dir.mkdir(mode=0o700)
-        (policy_dir / "policy.txt").write_text(self.describe())
-        # what %%sandbox inside checks a cell's --allow against
-        allowed = [p.text for p in policy.network.allowed]
-        (policy_dir / "policy.json").write_text(json.dumps({"allowedDomains": allowed}))
+        self._write_policy_files(policy_dir)
         inner = self._inner_files(kernel_dir)
 
         seccomp = "--no-seccomp" if policy.run_without_seccomp else "--seccomp"
@@ -468,6 +465,12 @@ class Supervisor:
         if self.sandbox is not None and self.sandbox.proxy is not None:
             self.sandbox.proxy.set_policy(network)
 
+    def _write_policy_files(self, folder: Path) -> None:
+        """What ``%sandbox`` shows inside, and what ``%%sandbox`` checks."""
+        (folder / "policy.txt").write_text(self.describe())
+        allowed = [p.text for p in self.state.policy.network.allowed]
+        (folder / "policy.json").write_text(json.dumps({"allowedDomains": allowed}))
+
     def _reread_policy(self) -> None:
         """Re-read the saved notebook: tighten the network from the next cell."""
         if self.notebook is None:
@@ -479,6 +482,8 @@ class Supervisor:
         )
         if changed:
             self._apply_network()
+            if self.sandbox is not None and self.sandbox.run is not None:
+                self._write_policy_files(self.sandbox.run.path / "policy")
 
     def _on_output(self, msg: Message, request: Request) -> None:
         if request.msg_type != "execute_request":
