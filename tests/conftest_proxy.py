@@ -15,6 +15,7 @@ import os
 import socket
 import subprocess
 import threading
+import time
 import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -76,6 +77,20 @@ class Recorder:
     connections: list[tuple[str, int]] = field(default_factory=list)
     requests: list[dict[str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def seen_connections(recorder: Recorder, expected: int, timeout: float = 10.0) -> int:
+    """How many connections the upstream has seen, waiting up to ``timeout``
+    for ``expected`` of them: a proxy's reply to CONNECT comes once the TCP
+    connection is made, which can be before the upstream's thread accepts it.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        with recorder.lock:
+            count = len(recorder.connections)
+        if count >= expected or time.monotonic() > deadline:
+            return count
+        time.sleep(0.01)
 
 
 class _Server(http.server.ThreadingHTTPServer):
