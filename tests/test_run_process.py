@@ -398,3 +398,53 @@ def test_term_and_int_reach_the_command(sbx: SandboxRunner, network: bool) -> No
         out, _ = launcher.communicate(timeout=30)
         assert out.strip() == f"got {sig.name}", launcher.returncode
         assert launcher.returncode == 5
+
+
+def test_a_shared_placeholder_outlives_the_run_that_made_it(sbx: SandboxRunner) -> None:
+    # A makes the placeholder .bashrc; B, started while A runs, holds it with
+    # a mount of its own. When A ends, removing .bashrc would undo B's mount.
+    settings = sbx.root / "s.json"
+    settings.write_text("{}")
+    trigger = sbx.project / "go"
+    waiter = (
+        "import errno, os, sys, time\n"
+        "print('up', flush=True)\n"
+        "while not os.path.exists(sys.argv[1]): time.sleep(0.05)\n"
+        "try:\n    open('.bashrc', 'a').write('x'); print('wrote')\n"
+        "except OSError as e:\n    print(errno.errorcode[e.errno])\n"
+    )
+
+    def launch(code: str, *args: str) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "srt_kernel.cli",
+                "run",
+                "--settings",
+                str(settings),
+                "--",
+                sys.executable,
+                "-c",
+                code,
+                *args,
+            ],
+            cwd=sbx.project,
+            env=sbx.env(),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "up"
+        return proc
+
+    first = launch("import time; print('up', flush=True); time.sleep(60)")
+    assert (sbx.project / ".bashrc").exists()
+    second = launch(waiter, str(trigger))
+    first.send_signal(signal.SIGTERM)
+    first.wait(timeout=30)
+    assert (sbx.project / ".bashrc").exists(), "removed under the second sandbox"
+    trigger.write_text("")
+    out, _ = second.communicate(timeout=30)
+    assert out.strip() == "EROFS"
+    assert (sbx.project / ".bashrc").read_text() == ""

@@ -197,6 +197,7 @@ class Supervisor:
         self.first_cell_done = False
         self.fs_notice_given = False
         self.narrowings: dict[str, pol.Layer] = {}
+        self.lost_reported: set[str] = set()
         #: Whether a cell (a non-silent execute_request) was sent yet.
         self.cell_seen = False
         self.lock = threading.Lock()
@@ -604,6 +605,20 @@ class Supervisor:
                     "a protected name (read or run by git, your shell or Jupyter) "
                     "was created during the cell",
                     f"nothing: {done}",
+                )
+            )
+        for path in self.sandbox.lost_protection():
+            if path in self.lost_reported:
+                continue
+            self.lost_reported.add(path)
+            blocks.append(
+                report.Block(
+                    "write",
+                    path,
+                    "this protected path was replaced since the kernel started "
+                    "(by a tool on your machine, or by code here after that), so "
+                    "its protection is gone",
+                    "review it, then restart the kernel to protect it again",
                 )
             )
         return blocks

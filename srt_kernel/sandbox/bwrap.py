@@ -97,6 +97,8 @@ class Sandbox:
     extra_env: Mapping[str, str] = field(default_factory=dict)
     protected_before: set[str] = field(default_factory=set)
     links_before: set[str] = field(default_factory=set)
+    #: (device, inode) of each protected path held by a mount, at launch.
+    held: dict[str, tuple[int, int]] = field(default_factory=dict)
     _info: tuple[int, int] | None = None
     _seccomp_fd: int | None = None
 
@@ -163,6 +165,10 @@ class Sandbox:
             raise CommandNotFound(self.command[0])
         try:
             self.run.make_placeholders(plan.placeholders)
+            self.run.record_uses(list(plan.protected))
+            self.held = {
+                p: i for p in plan.protected if (i := _identity(p)) is not None
+            }
             if self._wants_proxy() and not self.defer_proxy:
                 self.start_proxy()
             elif self._wants_proxy():
@@ -270,6 +276,20 @@ class Sandbox:
         placeholders = {p for p, _ in (self.plan.placeholders if self.plan else ())}
         return sorted(after - self.protected_before - placeholders)
 
+    def lost_protection(self) -> list[str]:
+        """Protected paths whose mount is gone since launch.
+
+        A file held by a mount and then replaced or removed on the host (git
+        renames a new ``.git/config`` over the old one; a second sandbox's
+        exit removes a shared placeholder) is no longer covered: whatever
+        stands there now may have been written from inside.
+        """
+        return sorted(
+            path
+            for path, ident in self.held.items()
+            if _identity(path) not in (ident, None)
+        )
+
     def close(self) -> None:
         """Stop everything and remove what the run left on disk."""
         if self.process is not None and self.process.poll() is None:
@@ -302,6 +322,14 @@ class CommandNotFound(SandboxError):
     def __init__(self, name: str) -> None:
         self.name = name
         super().__init__(f"command not found: {name}")
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 def direct_exec_plan(plan: SandboxPlan) -> bool:
@@ -369,11 +397,17 @@ def run_command(
             sys.stderr.write(f"srt-kernel: command not found: {exc.name}\n")
             return 127
         created = sandbox.created_protected()
+        lost = sandbox.lost_protection()
     for path in created:
         sys.stderr.write(
             f"srt-kernel: warning: the command created {path}, a protected name "
             "that trusted tools read or run; it could not be blocked because it "
             "appeared during the run. Review or delete it.\n"
+        )
+    for path in lost:
+        sys.stderr.write(
+            f"srt-kernel: warning: {path} was replaced during the run, which "
+            "undid its protection; review it before a trusted tool uses it.\n"
         )
     return status
 

@@ -24,6 +24,10 @@ from srt_kernel.errors import SandboxError
 logger = logging.getLogger(__name__)
 
 _MANIFEST = "placeholders.json"
+#: The protected paths a run holds with mounts (its own placeholders and
+#: ones it found): another run must not remove them while it lives, since
+#: removing a mount point's file on the host undoes the mount.
+_USES = "uses.json"
 
 
 def ensure_private_dir(path: Path) -> Path:
@@ -149,7 +153,11 @@ class RunDir:
             except (OSError, ValueError):
                 self.created = []
         kept: list[str] = []
+        held = self._held_by_others()
         for path, kind, ino in reversed(self.created):
+            if path in held:
+                kept.append(path)  # another live sandbox stands on it
+                continue
             try:
                 st = os.lstat(path)
             except FileNotFoundError:
@@ -168,6 +176,26 @@ class RunDir:
                 kept.append(path)
         self.created = []
         return kept
+
+    def record_uses(self, paths: list[str]) -> None:
+        """Say which protected paths this run holds with mounts."""
+        tmp = self.path / (_USES + ".tmp")
+        tmp.write_text(json.dumps(sorted(set(paths))))
+        os.replace(tmp, self.path / _USES)
+
+    def _held_by_others(self) -> set[str]:
+        held: set[str] = set()
+        root = self.path.parent
+        for entry in root.iterdir() if root.is_dir() else ():
+            if entry == self.path or not entry.name.startswith("run-"):
+                continue
+            try:
+                if not _pid_alive(int(entry.name.split("-")[1])):
+                    continue
+                held.update(json.loads((entry / _USES).read_text()))
+            except (OSError, ValueError, IndexError):
+                continue
+        return held
 
     def remove(self) -> None:
         self.remove_placeholders()
