@@ -73,6 +73,19 @@ POLICY_INSIDE = RUN_INSIDE + "/policy"
 START_TIMEOUT = 60.0
 
 
+def _message_time(msg: Message) -> datetime.datetime:
+    """When a message was made (its header's date), or now."""
+    date = msg.header.get("date")
+    if isinstance(date, str):
+        try:
+            when = datetime.datetime.fromisoformat(date.replace("Z", "+00:00"))
+            if when.tzinfo is not None:
+                return when
+        except ValueError:
+            pass
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
 def vscode_notebook(code: str) -> Path | None:
     """The notebook a VS Code silent request names, or None.
 
@@ -167,8 +180,10 @@ def banner(state: PolicyState, notebook: Path | None) -> str:
 @dataclass
 class CellRecord:
     texts: list[str] = field(default_factory=list)
-    denials: list[AuditEvent] = field(default_factory=list)
     cleaned: list[str] = field(default_factory=list)
+    #: When the inner kernel said the cell started and ended (busy, idle).
+    started: datetime.datetime | None = None
+    ended: datetime.datetime | None = None
 
 
 class Supervisor:
@@ -197,6 +212,7 @@ class Supervisor:
         self.first_cell_done = False
         self.fs_notice_given = False
         self.narrowings: dict[str, pol.Layer] = {}
+        self.denials: list[AuditEvent] = []
         self.lost_reported: set[str] = set()
         #: Whether a cell (a non-silent execute_request) was sent yet.
         self.cell_seen = False
@@ -432,9 +448,32 @@ class Supervisor:
         if event.decision != "deny":
             return
         with self.lock:
-            record = self.cells.get(event.label)
-            if record is not None:
-                record.denials.append(event)
+            self.denials.append(event)
+            del self.denials[:-1000]
+
+    def _denials_between(
+        self, start: datetime.datetime | None, end: datetime.datetime | None
+    ) -> list[AuditEvent]:
+        """Refusals from ``start`` (the cell's busy) to ``end`` (its idle).
+
+        Attributed by time rather than by the proxy's label: the cell's
+        first connection can come before the relay has seen its busy status.
+        The proxy records a refusal before it answers, so every refusal of
+        the cell is recorded by the time its idle status arrives.
+        """
+        if start is None:
+            return []
+        with self.lock:
+            events = list(self.denials)
+        out = []
+        for event in events:
+            try:
+                when = datetime.datetime.fromisoformat(event.time)
+            except ValueError:
+                continue
+            if when >= start and (end is None or when <= end):
+                out.append(event)
+        return out
 
     def _on_request(self, channel: str, msg: Message) -> None:
         if channel != "shell" or msg.msg_type != "execute_request":
@@ -494,6 +533,16 @@ class Supervisor:
             self.current = msg_id
             if self.sandbox is not None and self.sandbox.proxy is not None:
                 self.sandbox.proxy.set_label(msg_id)
+            with self.lock:
+                record = self.cells.get(msg_id)
+                if record is not None:
+                    record.started = _message_time(msg)
+            return
+        if msg.msg_type == "status" and msg.content.get("execution_state") == "idle":
+            with self.lock:
+                record = self.cells.get(msg_id)
+                if record is not None:
+                    record.ended = _message_time(msg)
             return
         text = ""
         if msg.msg_type == "stream":
@@ -626,7 +675,7 @@ class Supervisor:
     def _blocks(self, record: CellRecord) -> list[report.Block]:
         blocks: list[report.Block] = []
         seen: set[tuple[str, int]] = set()
-        for event in record.denials:
+        for event in self._denials_between(record.started, record.ended):
             if (event.host, event.port) in seen:
                 continue
             seen.add((event.host, event.port))
