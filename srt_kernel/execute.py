@@ -81,6 +81,7 @@ def execute_notebook(
             source="command line",
         )
     target = Path(output) if output else notebook.with_suffix(".out.ipynb")
+    target.parent.mkdir(parents=True, exist_ok=True)
     nb = nbformat.read(notebook, as_version=4)  # type: ignore[no-untyped-call]
     summary = Summary()
     code_cells = [c for c in nb.cells if c.cell_type == "code"]
@@ -133,7 +134,7 @@ def execute_notebook(
             "`srt-kernel install --user` first."
         ) from exc
     finally:
-        nbformat.write(nb, target)  # type: ignore[no-untyped-call]
+        nbformat.write(nb, str(target))  # type: ignore[no-untyped-call]
 
     print(f"\nWrote {target}", file=stream)
     print(

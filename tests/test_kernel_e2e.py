@@ -532,3 +532,11 @@ def test_pip_installs_into_the_notebooks_own_folder(world: Env) -> None:
     packages = world.home / ".local" / "share" / "srt-kernel" / "packages"
     assert list(packages.glob("*/tinypkg/__init__.py"))
     assert not (world.project / "tinypkg").exists()
+
+
+def test_execute_writes_into_a_new_folder(world: Env) -> None:
+    write_notebook(world.project / "small.ipynb", None, ["print(6 * 7)"])
+    proc = _cli(world, "execute", "small.ipynb", "-o", "out/small.ipynb")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    executed = json.loads((world.project / "out" / "small.ipynb").read_text())
+    assert "".join(executed["cells"][0]["outputs"][0]["text"]) == "42\n"
