@@ -41,7 +41,7 @@ from jupyter_client.manager import KernelManager
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 
-#: The targets from the brief: start-up at most 1.25x plain ipykernel's,
+#: The project's targets: start-up at most 1.25x plain ipykernel's,
 #: per-cell round trip within 1 ms of it, supervisor RSS at most the inner
 #: kernel's.
 STARTUP_RATIO_TARGET = 1.25

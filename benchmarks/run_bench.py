@@ -38,7 +38,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 
-#: The targets from design.md section 8.
+#: The project's start-up targets.
 SRT_RATIO_TARGET = 0.25
 BWRAP_MARGIN_TARGET_MS = 40.0
 

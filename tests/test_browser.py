@@ -1,7 +1,7 @@
 """The sandboxed kernel in JupyterLab 4 and Notebook 7, driven in real Chromium.
 
 A user's session: open the demo notebook, run it, interrupt a cell, restart
-the kernel, show a widget.  Then cases.md B1 and B2: outputs and widget
+the kernel, show a widget.  Then the browser cases B1 and B2: outputs and widget
 values that would call the Jupyter server's REST API from the page stay
 inert under the sandboxed kernel, while the same payloads do run under plain
 ipykernel in the same JupyterLab, which proves the test can see them.
@@ -217,7 +217,7 @@ def test_interrupt_restart_and_widget(
     assert ui.output_text(2).strip() == "42"
 
 
-# -- cases.md B1 and B2: active output --------------------------------------
+# -- the browser cases B1 and B2: active output --------------------------------------
 
 
 def _script(tag: str) -> str:

@@ -165,7 +165,7 @@ def test_kernel_info_has_banner_and_no_debugger(tmp_path: Path) -> None:
         s.close()
 
 
-# Active content in each output kind arrives cleaned (cases.md B1, B2).
+# Active content in each output kind arrives cleaned (the browser cases B1, B2).
 @pytest.mark.parametrize(
     ("code", "mime", "absent", "present"),
     [

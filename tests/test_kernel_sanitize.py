@@ -1,4 +1,4 @@
-"""Output cleaning (sanitize.py): each payload kind of cases.md B1 and B2."""
+"""Output cleaning (sanitize.py): each payload kind of the browser cases B1 and B2."""
 
 from __future__ import annotations
 
@@ -168,7 +168,7 @@ def widget_open(model: str, state: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-# Widget state rendered as HTML is cleaned (cases.md B2); text is not.
+# Widget state rendered as HTML is cleaned (browser case B2); text is not.
 @pytest.mark.parametrize(
     ("model", "field", "value", "expected"),
     [

@@ -1,4 +1,4 @@
-"""Rules for what the inner kernel may send out (design.md 3.6).
+"""Rules for what the inner kernel may send out: it is treated as hostile.
 
 The inner kernel runs the notebook's code, so everything it sends is
 hostile until checked.  This module is pure: it holds no sockets.  It

@@ -1,6 +1,6 @@
 """Make the inner kernel's outputs inert before they reach the browser.
 
-An output is code in the browser (design.md 3.5): JupyterLab trusts the
+An output is code in the browser: JupyterLab trusts the
 outputs of the running session, so HTML with ``<script>``, an
 ``application/javascript`` bundle or an SVG with an event handler would run
 with the user's Jupyter cookies.  This module cleans, with the nh3 HTML
