@@ -80,14 +80,26 @@ def test_input_round_trip(world: Env) -> None:
 def test_interrupt_and_restart(world: Env) -> None:
     with kernel(world.env, world.project) as (km, kc):
         run(kc, "state = 'kept'")
-        msg_id = kc.execute("import time\nwhile True: time.sleep(0.05)")
-        time.sleep(1.0)
+        msg_id = kc.execute(
+            "import time\nprint('looping', flush=True)\nwhile True: time.sleep(0.05)"
+        )
+        # interrupt once the loop runs, not before the cell has started
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            msg = kc.get_iopub_msg(timeout=60)
+            if (
+                msg["parent_header"].get("msg_id") == msg_id
+                and msg["msg_type"] == "stream"
+                and "looping" in msg["content"]["text"]
+            ):
+                break
         km.interrupt_kernel()
         reply = kc.get_shell_msg(timeout=30)
         assert reply["parent_header"]["msg_id"] == msg_id
         assert reply["content"]["status"] == "error"
         assert reply["content"]["ename"] == "KeyboardInterrupt"
-        assert run(kc, "print(state)").stdout == "kept\n"
+        kept = run(kc, "print(state)")
+        assert kept.stdout == "kept\n", kept.outputs
 
         km.restart_kernel(now=False)
         kc.wait_for_ready(timeout=60)
