@@ -15,7 +15,6 @@ import os
 import shutil
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from srt_kernel import __version__, locations
 from srt_kernel import policy as pol
@@ -249,18 +248,6 @@ def _command_from_args(args: argparse.Namespace) -> list[str]:
     return argv
 
 
-def _existing_notebook(path: str) -> Path:
-    notebook = Path(path).resolve()
-    if not notebook.is_file():
-        raise PolicyError(
-            f"the notebook {path!r} does not exist; check the path.",
-            field="NOTEBOOK",
-            value=path,
-            source="command line",
-        )
-    return notebook
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from srt_kernel.sandbox.bwrap import run_command
 
@@ -283,9 +270,9 @@ def cmd_policy(args: argparse.Namespace) -> int:
     if args.notebook is None:
         print(pol.describe(_policy_from_args(args)))
         return 0
-    from srt_kernel.kernel.notebook import notebook_policy
+    from srt_kernel.kernel.notebook import existing_notebook, notebook_policy
 
-    notebook = _existing_notebook(args.notebook)
+    notebook = existing_notebook(args.notebook)
     context = locations.gather_context(str(notebook.parent))
     base = pol.resolve(context, locations.user_layers(args.settings, context))
     state = notebook_policy(base, notebook, context)
@@ -300,9 +287,9 @@ def cmd_policy(args: argparse.Namespace) -> int:
 
 def cmd_trust(args: argparse.Namespace) -> int:
     from srt_kernel import trust
-    from srt_kernel.kernel.notebook import approvals, read_metadata
+    from srt_kernel.kernel.notebook import approvals, existing_notebook, read_metadata
 
-    notebook = _existing_notebook(args.notebook)
+    notebook = existing_notebook(args.notebook)
     store = approvals()
     if args.revoke:
         done = store.revoke(notebook)

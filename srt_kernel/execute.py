@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from srt_kernel.errors import KernelError, PolicyError
+from srt_kernel.errors import KernelError
+from srt_kernel.kernel.notebook import existing_notebook
 
 MARKER = "srt_kernel"
 
@@ -72,14 +73,7 @@ def execute_notebook(
     from nbclient import NotebookClient
 
     stream = out or sys.stdout
-    notebook = Path(path).resolve()
-    if not notebook.is_file():
-        raise PolicyError(
-            f"the notebook {path!r} does not exist; check the path.",
-            field="NOTEBOOK",
-            value=path,
-            source="command line",
-        )
+    notebook = existing_notebook(path)
     target = Path(output) if output else notebook.with_suffix(".out.ipynb")
     target.parent.mkdir(parents=True, exist_ok=True)
     nb = nbformat.read(notebook, as_version=4)  # type: ignore[no-untyped-call]

@@ -22,7 +22,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
-pytest_plugins = ["tests.kernel_fixtures"]
+pytest_plugins = ["tests.fixtures"]
 
 
 _BASETEMP: list[str] = []
@@ -104,6 +104,38 @@ class SandboxRunner:
         env.update(extra or {})
         return env
 
+    def argv(
+        self,
+        command: Sequence[str],
+        *,
+        options: Sequence[str] = (),
+        settings: dict[str, object] | None = None,
+    ) -> list[str]:
+        """``srt-kernel run --settings FILE OPTIONS -- COMMAND``."""
+        chosen = self.settings if settings is None else settings
+        settings_file = self.root / "settings.json"
+        settings_file.write_text(json.dumps(chosen))
+        return [
+            sys.executable, "-m", "srt_kernel.cli", "run",
+            "--settings", str(settings_file), *options, "--", *command,
+        ]  # fmt: skip
+
+    def start(
+        self, command: Sequence[str], *, options: Sequence[str] = ()
+    ) -> subprocess.Popen[str]:
+        """Start ``srt-kernel run`` in the background; return once the
+        command has printed its first line, which must be ``up``."""
+        proc = subprocess.Popen(
+            self.argv(command, options=options),
+            cwd=self.project,
+            env=self.env(),
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "up"
+        return proc
+
     def run(
         self,
         command: Sequence[str],
@@ -115,13 +147,8 @@ class SandboxRunner:
         timeout: float = 120,
         input: str | None = None,
     ) -> Result:
-        argv = [sys.executable, "-m", "srt_kernel.cli", "run"]
-        chosen = self.settings if settings is None else settings
-        settings_file = self.root / "settings.json"
-        settings_file.write_text(json.dumps(chosen))
-        argv += ["--settings", str(settings_file), *options, "--", *command]
         proc = subprocess.run(
-            argv,
+            self.argv(command, options=options, settings=settings),
             cwd=cwd or self.project,
             env=self.env(env),
             capture_output=True,

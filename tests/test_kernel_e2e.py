@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.kernel_fixtures import FETCH, Env
+from tests.fixtures import FETCH, Env
 from tests.kernel_harness import kernel, run, set_sandbox_metadata, write_notebook
 
 pytestmark = pytest.mark.bwrap

@@ -11,7 +11,6 @@ fast checks of option mistakes run in-process first.
 from __future__ import annotations
 
 import base64
-import http.server
 import json
 import os
 import sys
@@ -19,7 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from IPython.core.interactiveshell import InteractiveShell
 from jupyter_client import BlockingKernelClient, KernelManager
 
 from srt_kernel import transfer
+from tests.fixtures import Upstream
 
 # --------------------------------------------------------------------------
 # In-process: option mistakes are UsageErrors that say how to fix them.
@@ -666,44 +666,6 @@ def test_write_option_opens_a_folder(tree: Tree) -> None:
 
 # --------------------------------------------------------------------------
 # Network (cases N1, N2, N4, N6 under the magic)
-
-
-@dataclass
-class Upstream:
-    port: int
-    seen: list[str] = field(default_factory=list)
-
-
-@pytest.fixture(scope="module")
-def upstreams() -> Iterator[tuple[Upstream, Upstream]]:
-    servers, ups = [], []
-    for name in ("allowed", "other"):
-        up = Upstream(0)
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            record = up
-            label = name
-
-            def do_GET(self) -> None:
-                self.record.seen.append(self.path)
-                body = f"hello from {self.label}".encode()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        up.port = server.server_address[1]
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        ups.append(up)
-    yield ups[0], ups[1]
-    for server in servers:
-        server.shutdown()
-        server.server_close()
 
 
 FETCH = """

@@ -14,53 +14,13 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import pytest
 
 from tests.conftest import SandboxRunner
+from tests.fixtures import Upstream
 
 pytestmark = pytest.mark.bwrap
-
-
-@dataclass
-class Upstream:
-    port: int
-    seen: list[str] = field(default_factory=list)
-
-
-@pytest.fixture
-def upstreams() -> Iterator[tuple[Upstream, Upstream]]:
-    servers = []
-    ups = []
-    for name in ("allowed", "other"):
-        up = Upstream(0)
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            record = up
-            label = name
-
-            def do_GET(self) -> None:
-                self.record.seen.append(self.path)
-                body = f"hello from {self.label}\n".encode()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        up.port = server.server_address[1]
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        ups.append(up)
-    yield ups[0], ups[1]
-    for server in servers:
-        server.shutdown()
-        server.server_close()
 
 
 def _settings(pa: int) -> dict[str, object]:

@@ -65,29 +65,9 @@ def test_arguments_keep_their_boundaries(sbx: SandboxRunner) -> None:
 
 
 def test_shell_string_form(sbx: SandboxRunner) -> None:
-    import json
-
-    settings_file = sbx.root / "s.json"
-    settings_file.write_text(json.dumps({}))
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "srt_kernel.cli",
-            "run",
-            "--settings",
-            str(settings_file),
-            "-c",
-            "echo one; echo two | tr a-z A-Z",
-        ],
-        cwd=sbx.project,
-        env=sbx.env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.splitlines() == ["one", "TWO"]
+    result = sbx.run([], options=["-c", "echo one; echo two | tr a-z A-Z"])
+    assert result.status == 0, result.stderr
+    assert result.lines == ["one", "TWO"]
 
 
 def test_command_not_found(sbx: SandboxRunner) -> None:
@@ -129,29 +109,14 @@ def test_daemonised_process_does_not_survive(sbx: SandboxRunner) -> None:
 
 def test_sigkill_of_launcher_leaves_nothing(sbx: SandboxRunner) -> None:
     marker = f"srtk-orphan-{uuid.uuid4().hex}"
-    settings = sbx.root / "s.json"
-    settings.write_text("{}")
-    launcher = subprocess.Popen(
+    launcher = sbx.start(
         [
-            sys.executable,
-            "-m",
-            "srt_kernel.cli",
-            "run",
-            "--settings",
-            str(settings),
-            "--",
             sys.executable,
             "-c",
             "import time; print('up', flush=True); time.sleep(300)",
             marker,
-        ],
-        cwd=sbx.project,
-        env=sbx.env(),
-        stdout=subprocess.PIPE,
-        text=True,
+        ]
     )
-    assert launcher.stdout is not None
-    assert launcher.stdout.readline().strip() == "up"
     runtime = locations_runtime_root(sbx)
     run_dirs = [
         p for p in runtime.iterdir() if p.name.startswith(f"run-{launcher.pid}-")
@@ -279,19 +244,7 @@ def test_missing_bwrap_refuses_to_run(sbx: SandboxRunner, tmp_path: Path) -> Non
 
 def test_disabled_user_namespaces_refuse_to_run(sbx: SandboxRunner) -> None:
     marker = sbx.project / "ran"
-    settings = sbx.root / "s.json"
-    settings.write_text("{}")
-    inner = [
-        sys.executable,
-        "-m",
-        "srt_kernel.cli",
-        "run",
-        "--settings",
-        str(settings),
-        "--",
-        "touch",
-        str(marker),
-    ]
+    inner = sbx.argv(["touch", str(marker)])
     outer = [
         "bwrap",
         "--unshare-user",
@@ -369,31 +322,9 @@ def test_term_and_int_reach_the_command(sbx: SandboxRunner, network: bool) -> No
         "print('up', flush=True)\n"
         "time.sleep(60)\n"
     )
-    settings = sbx.root / "s.json"
-    settings.write_text("{}")
     options = ["--allow", "allowed.test"] if network else []
     for sig in (signal.SIGTERM, signal.SIGINT):
-        launcher = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "srt_kernel.cli",
-                "run",
-                "--settings",
-                str(settings),
-                *options,
-                "--",
-                sys.executable,
-                "-c",
-                code,
-            ],
-            cwd=sbx.project,
-            env=sbx.env(),
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert launcher.stdout is not None
-        assert launcher.stdout.readline().strip() == "up"
+        launcher = sbx.start([sys.executable, "-c", code], options=options)
         launcher.send_signal(sig)
         out, _ = launcher.communicate(timeout=30)
         assert out.strip() == f"got {sig.name}", launcher.returncode
@@ -403,8 +334,6 @@ def test_term_and_int_reach_the_command(sbx: SandboxRunner, network: bool) -> No
 def test_a_shared_placeholder_outlives_the_run_that_made_it(sbx: SandboxRunner) -> None:
     # A makes the placeholder .bashrc; B, started while A runs, holds it with
     # a mount of its own. When A ends, removing .bashrc would undo B's mount.
-    settings = sbx.root / "s.json"
-    settings.write_text("{}")
     trigger = sbx.project / "go"
     waiter = (
         "import errno, os, sys, time\n"
@@ -415,28 +344,7 @@ def test_a_shared_placeholder_outlives_the_run_that_made_it(sbx: SandboxRunner) 
     )
 
     def launch(code: str, *args: str) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "srt_kernel.cli",
-                "run",
-                "--settings",
-                str(settings),
-                "--",
-                sys.executable,
-                "-c",
-                code,
-                *args,
-            ],
-            cwd=sbx.project,
-            env=sbx.env(),
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "up"
-        return proc
+        return sbx.start([sys.executable, "-c", code, *args])
 
     first = launch("import time; print('up', flush=True); time.sleep(60)")
     assert (sbx.project / ".bashrc").exists()

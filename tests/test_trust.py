@@ -14,7 +14,7 @@ import pytest
 from srt_kernel import policy as pol
 from srt_kernel import trust
 from srt_kernel.errors import PolicyError
-from tests.kernel_fixtures import FETCH, Env
+from tests.fixtures import FETCH, Env
 from tests.kernel_harness import kernel, run, set_sandbox_metadata
 
 CTX = pol.Context(home="/home/u", base_dir="/home/u/proj")

@@ -42,6 +42,19 @@ def find_notebook(connection: dict[str, Any], cwd: str) -> Path | None:
     return None
 
 
+def existing_notebook(path: str) -> Path:
+    """The notebook named on the command line, or a :class:`PolicyError`."""
+    notebook = Path(path).resolve()
+    if not notebook.is_file():
+        raise PolicyError(
+            f"the notebook {path!r} does not exist; check the path.",
+            field="NOTEBOOK",
+            value=path,
+            source="command line",
+        )
+    return notebook
+
+
 def read_metadata(notebook: Path) -> object:
     """The notebook's ``"sandbox"`` metadata, or None when it has none."""
     data = json.loads(notebook.read_text(encoding="utf-8"))

@@ -214,6 +214,8 @@ class Supervisor:
         self.narrowings: dict[str, pol.Layer] = {}
         self.denials: list[AuditEvent] = []
         self.lost_reported: set[str] = set()
+        #: (inode, size, mtime) of the notebook when its metadata was last read.
+        self.notebook_stamp: tuple[int, ...] = ()
         #: Whether a cell (a non-silent execute_request) was sent yet.
         self.cell_seen = False
         self.lock = threading.Lock()
@@ -515,6 +517,15 @@ class Supervisor:
         """Re-read the saved notebook: tighten the network from the next cell."""
         if self.notebook is None:
             return
+        # Only a saved change matters: skip parsing when the file is as it was.
+        try:
+            st = self.notebook.stat()
+            stamp: tuple[int, ...] = (st.st_ino, st.st_size, st.st_mtime_ns)
+        except OSError:
+            stamp = ()
+        if stamp and stamp == self.notebook_stamp:
+            return
+        self.notebook_stamp = stamp
         state = notebook_policy(self.base, self.notebook, self.context)
         changed = state.policy.network != self.state.policy.network
         self.state = replace(

@@ -188,6 +188,21 @@ AUDIT_ARCH = {
 # asm-generic/unistd.h (aarch64).  Numbers from 424 up are shared by all
 # architectures; open_tree_attr (467, Linux 6.15) is newer than Debian 12's
 # headers and was checked against the kernel's asm-generic/unistd.h.
+_SHARED: dict[str, int] = {
+    "io_uring_setup": 425,
+    "io_uring_enter": 426,
+    "io_uring_register": 427,
+    "open_tree": 428,
+    "move_mount": 429,
+    "fsopen": 430,
+    "fsconfig": 431,
+    "fsmount": 432,
+    "fspick": 433,
+    "clone3": 435,
+    "mount_setattr": 442,
+    "open_tree_attr": 467,
+}
+
 SYSCALLS: dict[str, dict[str, int]] = {
     "x86_64": {
         "socket": 41,
@@ -213,18 +228,7 @@ SYSCALLS: dict[str, dict[str, int]] = {
         "kexec_file_load": 320,
         "bpf": 321,
         "userfaultfd": 323,
-        "io_uring_setup": 425,
-        "io_uring_enter": 426,
-        "io_uring_register": 427,
-        "open_tree": 428,
-        "move_mount": 429,
-        "fsopen": 430,
-        "fsconfig": 431,
-        "fsmount": 432,
-        "fspick": 433,
-        "clone3": 435,
-        "mount_setattr": 442,
-        "open_tree_attr": 467,
+        **_SHARED,
     },
     "aarch64": {
         "umount2": 39,
@@ -250,18 +254,7 @@ SYSCALLS: dict[str, dict[str, int]] = {
         "bpf": 280,
         "userfaultfd": 282,
         "kexec_file_load": 294,
-        "io_uring_setup": 425,
-        "io_uring_enter": 426,
-        "io_uring_register": 427,
-        "open_tree": 428,
-        "move_mount": 429,
-        "fsopen": 430,
-        "fsconfig": 431,
-        "fsmount": 432,
-        "fspick": 433,
-        "clone3": 435,
-        "mount_setattr": 442,
-        "open_tree_attr": 467,
+        **_SHARED,
     },
 }
 
