@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from srt_kernel import policy as pol
-from srt_kernel.errors import PolicyError, SettingsFileError
+from srt_kernel.errors import PolicyError
 from srt_kernel.hosts import intersect_patterns
 
 #: The documented administrator ceiling file.
@@ -102,24 +102,8 @@ def cap(layer: pol.Layer, ceiling: pol.Layer | None) -> tuple[pol.Layer, list[st
                 kept.extend(inside)
                 cut.append(f"reach {p.text} (beyond the ceiling)")
         allowed = tuple(dict.fromkeys(kept))
-    writes = layer.allow_write
-    if writes is not None and ceiling.allow_write is not None:
-        kept_w = []
-        for w in writes:
-            if any(pol.is_within(w, c) for c in ceiling.allow_write):
-                kept_w.append(w)
-            else:
-                cut.append(f"write below {w} (beyond the ceiling)")
-        writes = tuple(kept_w)
-    reads = layer.allow_read
-    if reads is not None and ceiling.allow_read is not None:
-        kept_r = []
-        for r in reads:
-            if any(pol.is_within(r, c) for c in ceiling.allow_read):
-                kept_r.append(r)
-            else:
-                cut.append(f"read {r} (beyond the ceiling)")
-        reads = tuple(kept_r)
+    writes = _paths_within(layer.allow_write, ceiling.allow_write, "write below", cut)
+    reads = _paths_within(layer.allow_read, ceiling.allow_read, "read", cut)
     env = layer.env_allow
     if env is not None and ceiling.env_allow is not None:
         cut += [
@@ -141,6 +125,24 @@ def cap(layer: pol.Layer, ceiling: pol.Layer | None) -> tuple[pol.Layer, list[st
         ),
         cut,
     )
+
+
+def _paths_within(
+    asked: tuple[str, ...] | None,
+    roots: tuple[str, ...] | None,
+    verb: str,
+    cut: list[str],
+) -> tuple[str, ...] | None:
+    """The asked paths below some ceiling root; the others noted in ``cut``."""
+    if asked is None or roots is None:
+        return asked
+    kept = []
+    for path in asked:
+        if any(pol.is_within(path, root) for root in roots):
+            kept.append(path)
+        else:
+            cut.append(f"{verb} {path} (beyond the ceiling)")
+    return tuple(kept)
 
 
 def apply_notebook(
@@ -171,31 +173,24 @@ def apply_notebook(
     return result, notes
 
 
-def ceiling_layer(data: object, source: str, context: pol.Context) -> pol.Layer:
-    """Parse a ceiling document (the settings shape, allow keys only)."""
-    layer = pol.parse_layer(data, source=source, context=context, trusted=True)
-    return layer
-
-
 def load_ceiling(
     user_ceiling: object | None, context: pol.Context, system: Path = SYSTEM_CEILING
 ) -> pol.Layer | None:
-    """The ceiling in force: the administrator's, narrowed by the user's."""
+    """The ceiling in force: the administrator's, narrowed by the user's.
+
+    Both are documents in the settings shape; only their allow keys matter.
+    """
+    from srt_kernel.locations import read_settings_file
+
     layers: list[pol.Layer] = []
     if system.exists():
-        try:
-            data = json.loads(system.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise SettingsFileError(
-                f"the administrator ceiling {system} cannot be read ({exc}); fix it "
-                "or ask your administrator.",
-                field="ceiling",
-                value=str(system),
-                source=str(system),
-            ) from exc
-        layers.append(ceiling_layer(data, str(system), context))
+        layers.append(read_settings_file(system, context))
     if user_ceiling is not None:
-        layers.append(ceiling_layer(user_ceiling, "notebookCeiling", context))
+        layers.append(
+            pol.parse_layer(
+                user_ceiling, source="notebookCeiling", context=context, trusted=True
+            )
+        )
     if not layers:
         return None
     result = layers[0]
