@@ -15,10 +15,10 @@ TEST_USER ?= srtkernel-test
 
 setup: $(STAMP) bwrap
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,demo]'
+	$(PY) -m pip install --quiet -e '.[test,demo]' --config-settings editable_mode=compat
 	touch $(STAMP)
 
 bwrap:

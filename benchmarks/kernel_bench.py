@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from bytecode import compile_package
 from jupyter_client.blocking.client import BlockingKernelClient
 from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
@@ -306,6 +307,7 @@ def main() -> int:
     parser.add_argument("--skip-profile", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS / "kernel.json")
     args = parser.parse_args()
+    compile_package()
 
     results: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},

@@ -37,6 +37,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bytecode import compile_package
+
 logger = logging.getLogger(__name__)
 
 CELL = "x = 1\n"
@@ -89,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--srt", help="an srt executable (default: npm install)")
     args = parser.parse_args(argv)
+    compile_package()
 
     from IPython.core.interactiveshell import InteractiveShell
 

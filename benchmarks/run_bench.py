@@ -35,6 +35,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from bytecode import compile_package
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -254,6 +256,7 @@ def main() -> int:
     parser.add_argument("--skip-srt", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS / "run.json")
     args = parser.parse_args()
+    compile_package()
 
     bwrap = shutil.which("bwrap")
     if bwrap is None:

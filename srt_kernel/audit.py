@@ -27,22 +27,22 @@ from __future__ import annotations
 
 import datetime
 import json
-import logging
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal, TextIO
 
-logger = logging.getLogger(__name__)
+from srt_kernel.log import get_logger
+from srt_kernel.record import Record, as_dict
+
+logger = get_logger(__name__)
 
 Protocol_ = Literal["http", "connect", "socks5"]
 DecisionWord = Literal["allow", "deny"]
 
 
-@dataclass(frozen=True)
-class AuditEvent:
+class AuditEvent(Record):
     """One decision of the proxy, as written to the log."""
 
     time: str
@@ -56,7 +56,7 @@ class AuditEvent:
 
     def to_json(self) -> str:
         """The event as one line of JSON, keys in the documented order."""
-        return json.dumps(asdict(self), ensure_ascii=True)
+        return json.dumps(as_dict(self), ensure_ascii=True)
 
 
 AuditCallback = Callable[[AuditEvent], None]

@@ -10,18 +10,18 @@ could not be built (nothing ran).
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from srt_kernel import __version__, locations
+from srt_kernel import __version__, locations, log
 from srt_kernel import policy as pol
 from srt_kernel.errors import PolicyError, SandboxUnavailable, SrtKernelError
 from srt_kernel.hosts import HostPattern, parse_pattern
+from srt_kernel.log import get_logger
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 USAGE_ERROR = 2
 SANDBOX_FAILED = 125
@@ -83,23 +83,7 @@ def _add_policy_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="srt-kernel",
-        description="Run untrusted code in an OS sandbox (bubblewrap) whose only "
-        "way out is a filtering proxy.",
-    )
-    parser.add_argument(
-        "--version", action="version", version=f"%(prog)s {__version__}"
-    )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    run = sub.add_parser(
-        "run",
-        help="run a command in the sandbox",
-        description="Run CMD in the sandbox under your settings plus these "
-        "options. Use -- before the command, or -c 'STRING' for a shell line.",
-    )
+def _run_options(run: argparse.ArgumentParser) -> None:
     _add_policy_options(run)
     run.add_argument(
         "-c", dest="shell", metavar="STRING", help="run STRING with bash (or sh)"
@@ -109,12 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARG]...")
 
-    sub.add_parser("doctor", help="check that this machine can build the sandbox")
 
-    show = sub.add_parser(
-        "policy",
-        help="show the policy that would apply, and where each part comes from",
-    )
+def _no_options(_p: argparse.ArgumentParser) -> None:
+    pass
+
+
+def _policy_options(show: argparse.ArgumentParser) -> None:
     _add_policy_options(show)
     show.add_argument(
         "notebook",
@@ -123,13 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="apply this notebook's sandbox metadata too",
     )
 
-    trust_p = sub.add_parser(
-        "trust",
-        help="review and approve what a notebook's metadata asks for",
-        description="Show what NOTEBOOK's sandbox metadata asks for beyond your "
-        "settings, and record your approval. Any later change to the request "
-        "voids it.",
-    )
+
+def _trust_options(trust_p: argparse.ArgumentParser) -> None:
     trust_p.add_argument("notebook", metavar="NOTEBOOK")
     trust_p.add_argument(
         "--yes", action="store_true", help="approve without asking (for scripts)"
@@ -139,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     trust_p.add_argument("--settings", metavar="FILE", help="settings file")
 
-    install = sub.add_parser("install", help='install the "Python (sandboxed)" kernel')
+
+def _install_options(install: argparse.ArgumentParser) -> None:
     where = install.add_mutually_exclusive_group()
     where.add_argument("--user", action="store_true", help="for this user only")
     where.add_argument(
@@ -158,16 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="set an environment variable for the kernel",
     )
 
-    uninstall = sub.add_parser("uninstall", help="remove the kernelspec")
+
+def _uninstall_options(uninstall: argparse.ArgumentParser) -> None:
     uninstall.add_argument("--name", default="python-sandboxed", metavar="N")
     uninstall.add_argument("--prefix", metavar="P")
 
-    execute = sub.add_parser(
-        "execute",
-        help="run every cell of a notebook headless under its policy",
-        description="Run every cell of NOTEBOOK in the sandboxed kernel, carrying "
-        "on past errors, and summarise what was blocked and what failed.",
-    )
+
+def _execute_options(execute: argparse.ArgumentParser) -> None:
     execute.add_argument("notebook", metavar="NOTEBOOK")
     execute.add_argument(
         "-o",
@@ -193,6 +170,60 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="kernelspec to use (default python-sandboxed)",
     )
+
+
+AddOptions = Callable[[argparse.ArgumentParser], None]
+
+#: Each command: its help line, its description and what adds its options.
+SUBCOMMANDS: dict[str, tuple[str, str | None, AddOptions]] = {
+    "run": (
+        "run a command in the sandbox",
+        "Run CMD in the sandbox under your settings plus these options. Use -- "
+        "before the command, or -c 'STRING' for a shell line.",
+        _run_options,
+    ),
+    "doctor": ("check that this machine can build the sandbox", None, _no_options),
+    "policy": (
+        "show the policy that would apply, and where each part comes from",
+        None,
+        _policy_options,
+    ),
+    "trust": (
+        "review and approve what a notebook's metadata asks for",
+        "Show what NOTEBOOK's sandbox metadata asks for beyond your settings, "
+        "and record your approval. Any later change to the request voids it.",
+        _trust_options,
+    ),
+    "install": ('install the "Python (sandboxed)" kernel', None, _install_options),
+    "uninstall": ("remove the kernelspec", None, _uninstall_options),
+    "execute": (
+        "run every cell of a notebook headless under its policy",
+        "Run every cell of NOTEBOOK in the sandboxed kernel, carrying on past "
+        "errors, and summarise what was blocked and what failed.",
+        _execute_options,
+    ),
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command line's parser; with ``only``, for that command alone.
+
+    :func:`main` passes the command the user named, which spares building
+    the parsers of the others (a start-up cost ``srt-kernel run`` would pay
+    every time); the top-level ``--help`` and mistakes get the full parser.
+    """
+    parser = argparse.ArgumentParser(
+        prog="srt-kernel",
+        description="Run untrusted code in an OS sandbox (bubblewrap) whose only "
+        "way out is a filtering proxy.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s {__version__}"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (help_line, description, add_options) in SUBCOMMANDS.items():
+        if only is None or only == name:
+            add_options(sub.add_parser(name, help=help_line, description=description))
     return parser
 
 
@@ -406,12 +437,14 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    only = words[0] if words and words[0] in SUBCOMMANDS else None
+    parser = build_parser(only)
+    args = parser.parse_args(words)
     if args.command is None:
         parser.print_help()
         return USAGE_ERROR
-    logging.basicConfig(level=logging.WARNING, format="srt-kernel: %(message)s")
+    log.configure(level="WARNING", format="srt-kernel: %(message)s")
     try:
         return COMMANDS[args.command](args)
     except PolicyError as exc:
@@ -425,5 +458,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return SANDBOX_FAILED
 
 
+def entry() -> None:
+    """The ``srt-kernel`` executable: :func:`main`, then exit with its status.
+
+    After ``run`` the process ends at once (``os._exit``) once its output is
+    flushed: the sandbox is gone and its files removed, and the
+    interpreter's own clean-up would only add milliseconds to every run.
+    """
+    status = main()
+    if sys.argv[1:2] == ["run"]:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

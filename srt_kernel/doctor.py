@@ -11,12 +11,12 @@ import ctypes
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from srt_kernel.record import Record, field
 
-@dataclass(frozen=True)
-class Check:
+
+class Check(Record):
     name: str
     ok: bool
     detail: str
@@ -25,8 +25,7 @@ class Check:
     required: bool = True
 
 
-@dataclass
-class Diagnosis:
+class Diagnosis(Record, frozen=False):
     checks: list[Check] = field(default_factory=list)
 
     @property

@@ -12,18 +12,17 @@ from __future__ import annotations
 import os
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from srt_kernel.errors import KernelError
 from srt_kernel.kernel.notebook import existing_notebook
+from srt_kernel.record import Record, field
 
 MARKER = "srt_kernel"
 
 
-@dataclass
-class Summary:
+class Summary(Record, frozen=False):
     cells: int = 0
     failed: list[tuple[int, str]] = field(default_factory=list)
     blocked: list[tuple[int, str]] = field(default_factory=list)

@@ -26,17 +26,14 @@ Promises:
 from __future__ import annotations
 
 import ipaddress
-import logging
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Literal
-
-import idna
 
 from srt_kernel.errors import HostError, PolicyError
+from srt_kernel.log import get_logger
+from srt_kernel.record import Record
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -78,8 +75,7 @@ PUBLIC_SUFFIXES: frozenset[str] = frozenset(
 )  # fmt: skip
 
 
-@dataclass(frozen=True)
-class Host:
+class Host(Record):
     """A normalised host: exactly one of ``name`` and ``ip`` is set.
 
     ``name`` is lowercase ASCII (IDNA A-labels) without a trailing dot;
@@ -197,6 +193,8 @@ def _check_label(label: str, text: str) -> None:
             "without scheme, user, port or path"
         )
     if label.startswith("xn--"):
+        import idna  # only for internationalised names: it is slow to import
+
         try:
             idna.decode(label)
         except idna.IDNAError:
@@ -216,6 +214,8 @@ def parse_host(text: str) -> Host:
 
     work = text
     if not work.isascii():
+        import idna  # only for internationalised names: it is slow to import
+
         try:
             work = idna.uts46_remap(work, std3_rules=False, transitional=False)
         except (idna.IDNAError, UnicodeError):
@@ -254,6 +254,8 @@ def parse_host(text: str) -> Host:
     encoded: list[str] = []
     for label in labels:
         if label and not label.isascii():
+            import idna  # only for internationalised names: it is slow to import
+
             try:
                 label = idna.alabel(label).decode("ascii")
             except (idna.IDNAError, UnicodeError):
@@ -272,11 +274,15 @@ def parse_host(text: str) -> Host:
     return Host(name=name)
 
 
-PatternKind = Literal["exact", "wildcard", "ip"]
+# Not typing.TYPE_CHECKING: importing typing costs the launcher's start-up.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Literal
+
+    PatternKind = Literal["exact", "wildcard", "ip"]
 
 
-@dataclass(frozen=True)
-class HostPattern:
+class HostPattern(Record):
     """One entry of ``allowedDomains`` or ``deniedDomains``, validated.
 
     ``value`` is the name (``exact``), the suffix without ``*.``

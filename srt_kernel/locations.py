@@ -7,44 +7,42 @@ package) and reads settings files.  The policy core itself reads nothing.
 
 from __future__ import annotations
 
-import logging
 import os
 import site
 import sys
-import sysconfig
 from collections.abc import Sequence
-from pathlib import Path
 
 from srt_kernel import policy as pol
 from srt_kernel.errors import SettingsFileError
+from srt_kernel.log import get_logger
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 #: The documented system-wide settings folder (administrator).
-SYSTEM_DIR = Path("/etc/srt-kernel")
+SYSTEM_DIR = "/etc/srt-kernel"
 
 
 def home() -> str:
     return os.path.expanduser("~")
 
 
-def config_dir() -> Path:
+def config_dir() -> str:
     base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(home(), ".config")
-    return Path(base) / "srt-kernel"
+    return os.path.join(base, "srt-kernel")
 
 
-def data_dir() -> Path:
+def data_dir() -> str:
     """srt-kernel's own data (approvals, audit logs): never visible inside."""
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(home(), ".local", "share")
-    return Path(base) / "srt-kernel"
+    return os.path.join(base, "srt-kernel")
 
 
-def settings_path() -> Path:
-    return config_dir() / "settings.json"
+def settings_path() -> str:
+    return os.path.join(config_dir(), "settings.json")
 
 
-def srt_settings_path() -> Path:
-    return Path(home()) / ".srt-settings.json"
+def srt_settings_path() -> str:
+    return os.path.join(home(), ".srt-settings.json")
 
 
 #: Unix socket paths are limited to 107 bytes; run directories hold
@@ -52,14 +50,14 @@ def srt_settings_path() -> Path:
 _MAX_RUNTIME_ROOT = 60
 
 
-def runtime_root() -> Path:
+def runtime_root() -> str:
     """The parent of every sandbox's private run directory (mode 0700)."""
     base = os.environ.get("XDG_RUNTIME_DIR")
     if base and os.path.isdir(base) and os.access(base, os.W_OK):
-        root = Path(base) / "srt-kernel"
-        if len(str(root)) <= _MAX_RUNTIME_ROOT:
+        root = os.path.join(base, "srt-kernel")
+        if len(root) <= _MAX_RUNTIME_ROOT:
             return root
-    return Path("/tmp") / f"srt-kernel-{os.getuid()}"
+    return f"/tmp/srt-kernel-{os.getuid()}"
 
 
 def jupyter_dirs() -> tuple[list[str], list[str], list[str]]:
@@ -99,9 +97,9 @@ def jupyter_dirs() -> tuple[list[str], list[str], list[str]]:
 
 def _package_paths() -> list[str]:
     """The installed srt_kernel package and the interpreter's site-packages."""
-    paths = [str(Path(__file__).resolve().parent)]
-    for key in ("purelib", "platlib"):
-        paths.append(sysconfig.get_paths()[key])
+    # site's list holds sysconfig's purelib and platlib (and, on Debian,
+    # the dist-packages folders too), without importing sysconfig
+    paths = [os.path.dirname(os.path.realpath(__file__))]
     paths.extend(site.getsitepackages())
     user_site = site.getusersitepackages()
     if user_site:
@@ -122,12 +120,12 @@ def gather_context(base_dir: str | None = None) -> pol.Context:
         *(os.path.join(d, "lab") for d in data),
         *runtime,
         ipython_dir,
-        str(config_dir()),
-        str(data_dir()),
-        str(SYSTEM_DIR),
+        config_dir(),
+        data_dir(),
+        SYSTEM_DIR,
         *_package_paths(),
     ]
-    deny_read = [*runtime, str(data_dir())]
+    deny_read = [*runtime, data_dir()]
     return pol.Context(
         home=h,
         base_dir=os.path.abspath(base_dir or os.getcwd()),
@@ -136,10 +134,12 @@ def gather_context(base_dir: str | None = None) -> pol.Context:
     )
 
 
-def read_settings_file(path: Path, context: pol.Context) -> pol.Layer:
+def read_settings_file(path: str | os.PathLike[str], context: pol.Context) -> pol.Layer:
     """Read one settings file given by name: every failure is an error."""
+    path = os.fspath(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
     except FileNotFoundError as exc:
         raise SettingsFileError(
             f"settings file {str(path)!r} does not exist; check the path.",
@@ -166,9 +166,9 @@ def user_layers(settings: str | None, context: pol.Context) -> list[pol.Layer]:
     else ``~/.srt-settings.json`` when that exists, else nothing.
     """
     if settings is not None:
-        return [read_settings_file(Path(settings), context)]
+        return [read_settings_file(settings, context)]
     for candidate in (settings_path(), srt_settings_path()):
-        if candidate.exists():
+        if os.path.exists(candidate):
             return [read_settings_file(candidate, context)]
     return []
 

@@ -37,7 +37,6 @@ import importlib.machinery
 import io
 import json
 import linecache
-import logging
 import os
 import select
 import struct
@@ -50,7 +49,9 @@ from pathlib import Path
 from types import CoroutineType, ModuleType
 from typing import Any
 
-logger = logging.getLogger(__name__)
+from srt_kernel.log import get_logger
+
+logger = get_logger(__name__)
 
 #: Where the host binds the private folder inside the sandbox.
 WORK_INSIDE = "/run/srt-kernel/magic"

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import keyword
-import logging
 import os
 import re
 import select
@@ -43,7 +42,6 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +52,10 @@ from IPython.core.magic_arguments import magic_arguments as _magic_arguments_unt
 
 from srt_kernel import transfer
 from srt_kernel.errors import PolicyError, SandboxUnavailable, SrtKernelError
+from srt_kernel.log import get_logger
+from srt_kernel.record import Record, field
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 #: Where the private work folder is bound inside the sandbox.
 WORK_INSIDE = "/run/srt-kernel/magic"
@@ -113,8 +113,7 @@ class SandboxTimeout(SandboxCellError):
     """The cell ran longer than ``--timeout`` and its sandbox was killed."""
 
 
-@dataclass
-class SandboxResult:
+class SandboxResult(Record, frozen=False):
     """The value of the cell's last expression, as a cleaned MIME bundle."""
 
     data: dict[str, Any]
@@ -162,8 +161,7 @@ def _policy(args: argparse.Namespace) -> Any:
 # One run
 
 
-@dataclass
-class Outcome:
+class Outcome(Record, frozen=False):
     """What one sandboxed run produced, once it is over."""
 
     status: int | None = None
@@ -215,7 +213,7 @@ class OneShot:
         from srt_kernel import locations
         from srt_kernel.audit import AuditLog
 
-        folder = locations.data_dir() / "audit"
+        folder = Path(locations.data_dir()) / "audit"
         try:
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
             log = AuditLog(folder / "network.jsonl")
@@ -774,7 +772,7 @@ class SandboxMagics(Magics):
         from srt_kernel.sandbox.rundir import RunDir
 
         run = RunDir.create(locations.runtime_root())
-        work = run.path / "magic"
+        work = Path(run.path) / "magic"
         try:
             out_fd = self._prepare(work, cell, args, inputs, outputs)
         except BaseException:

@@ -27,8 +27,6 @@ import json
 import posixpath
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any
 
 from srt_kernel.errors import PolicyError, SettingsFileError
 from srt_kernel.hosts import (
@@ -37,6 +35,12 @@ from srt_kernel.hosts import (
     parse_host,
     parse_pattern,
 )
+from srt_kernel.record import Record, field, replace
+
+# Not typing.TYPE_CHECKING: importing typing costs the launcher's start-up.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -196,8 +200,7 @@ _TRUSTED_ONLY = frozenset(
 )
 
 
-@dataclass(frozen=True)
-class Context:
+class Context(Record):
     """Facts about the user's environment that a policy is resolved against.
 
     ``base_dir`` is where relative paths point: the working directory for
@@ -214,8 +217,7 @@ class Context:
     protected: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class NetworkPolicy:
+class NetworkPolicy(Record):
     """What the proxy lets through.  No allowed entry means no network."""
 
     allowed: tuple[HostPattern, ...] = ()
@@ -234,8 +236,7 @@ class NetworkPolicy:
         return bool(self.allowed)
 
 
-@dataclass(frozen=True)
-class FilesystemPolicy:
+class FilesystemPolicy(Record):
     """What sandboxed code may read and write, as absolute normalised paths.
 
     Reading: everything, except below a ``deny_read`` path, where the
@@ -276,8 +277,7 @@ class FilesystemPolicy:
         return ""
 
 
-@dataclass(frozen=True)
-class Policy:
+class Policy(Record):
     """A complete, validated policy."""
 
     network: NetworkPolicy = field(default_factory=NetworkPolicy)
@@ -390,8 +390,7 @@ def _unique(items: Iterable[Any]) -> tuple[Any, ...]:
 # Parsing one layer
 
 
-@dataclass(frozen=True)
-class Layer:
+class Layer(Record):
     """One parsed settings source.  ``None`` means the key was absent."""
 
     source: str

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import logging
 import math
 import re
 import struct
@@ -49,8 +48,9 @@ import sys
 from typing import Any
 
 from srt_kernel.errors import SrtKernelError
+from srt_kernel.log import get_logger
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 MAGIC = b"SRTX1\n"
 _LEN = struct.Struct(">Q")

@@ -22,13 +22,13 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from srt_kernel import policy as pol
 from srt_kernel.errors import PolicyError
 from srt_kernel.hosts import intersect_patterns
+from srt_kernel.record import Record, replace
 
 #: The documented administrator ceiling file.
 SYSTEM_CEILING = Path("/etc/srt-kernel/ceiling.json")
@@ -40,8 +40,7 @@ def request_hash(metadata: object) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-@dataclass(frozen=True)
-class Widening:
+class Widening(Record):
     """What a request asks for beyond the baseline, in plain words."""
 
     hosts: tuple[str, ...] = ()

@@ -247,3 +247,36 @@ def test_loopback_of_the_host_is_not_the_sandboxs(sbx: SandboxRunner) -> None:
             listener.accept()
     finally:
         listener.close()
+
+
+def test_nothing_of_ours_runs_inside_with_a_network(sbx: SandboxRunner) -> None:
+    # The proxy's sockets are made in the sandbox's network namespace and
+    # held by the launcher: with a network allowed, the sandbox holds only
+    # bubblewrap's pid 1 and the command, and the first connection works.
+    code = (
+        "import os, socket\n"
+        "print(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()))\n"
+        "s = socket.create_connection(('127.0.0.1', 3128), 5)\n"
+        "s.sendall(b'GET http://other.test/ HTTP/1.0\\r\\n\\r\\n')\n"
+        "print(s.recv(100).split(b'\\r\\n')[0].decode())\n"
+    )
+    result = sbx.py(code, options=["--allow", "allowed.test"])
+    assert result.status == 0, result.stderr
+    assert result.lines == ["[1, 2]", "HTTP/1.1 403 Forbidden"]
+
+
+def test_sockets_are_not_made_in_a_process_that_is_not_the_sandbox() -> None:
+    # A pid whose parent is not the bubblewrap that reported it (a pid
+    # reused after the sandbox ended) is refused before any namespace is
+    # joined; so is a pid that is gone.
+    from srt_kernel.sandbox.netns import NamespaceError, listen_inside
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        with pytest.raises(NamespaceError, match="is not the sandbox"):
+            listen_inside(child.pid, child.pid + 1, {"http": 0})
+    finally:
+        child.kill()
+        child.wait()
+    with pytest.raises(NamespaceError, match="cannot be opened"):
+        listen_inside(child.pid, 1, {"http": 0})

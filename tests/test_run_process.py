@@ -313,10 +313,12 @@ def test_multiprocessing_pool_and_executor(sbx: SandboxRunner) -> None:
 
 @pytest.mark.parametrize("network", [False, True])
 def test_term_and_int_reach_the_command(sbx: SandboxRunner, network: bool) -> None:
+    # the handler writes with os.write: the signal may arrive while
+    # print('up') still holds stdout's lock, and print() is not reentrant
     code = (
-        "import signal, sys, time\n"
+        "import os, signal, sys, time\n"
         "def on(signum, frame):\n"
-        "    print('got', signal.Signals(signum).name, flush=True); sys.exit(5)\n"
+        "    os.write(1, f'got {signal.Signals(signum).name}\\n'.encode()); sys.exit(5)\n"
         "signal.signal(signal.SIGTERM, on)\n"
         "signal.signal(signal.SIGINT, on)\n"
         "print('up', flush=True)\n"

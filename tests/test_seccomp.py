@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 import srt_kernel.errors
+import srt_kernel.log
 from srt_kernel.errors import SeccompError
 from srt_kernel.sandbox import seccomp
 from srt_kernel.sandbox.seccomp import Instruction
@@ -695,7 +696,7 @@ def package_root() -> str:
 
 
 def unprivileged_runner(tmp: str) -> Runner:
-    """A runner for ``nobody``, with a copy of the two modules the child needs.
+    """A runner for ``nobody``, with a copy of the modules the child needs.
 
     The copy keeps the child independent of whether the user can read the
     repository and of what other modules of the package import.
@@ -710,6 +711,7 @@ def unprivileged_runner(tmp: str) -> Runner:
     (package / "__init__.py").write_text('"""Copy for an unprivileged test."""\n')
     (package / "sandbox" / "__init__.py").write_text('"""Copy."""\n')
     shutil.copy(srt_kernel.errors.__file__, package / "errors.py")
+    shutil.copy(srt_kernel.log.__file__, package / "log.py")
     shutil.copy(seccomp.__file__, package / "sandbox" / "seccomp.py")
     for path in [root, *root.rglob("*")]:
         mode = 0o755 if path.is_dir() else 0o644

@@ -20,15 +20,15 @@ drops it.
 
 from __future__ import annotations
 
-import logging
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any
 
 from srt_kernel.errors import KernelError
 from srt_kernel.kernel.messages import JSONDict, Message
+from srt_kernel.log import get_logger
+from srt_kernel.record import Record
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: The key under which the supervisor marks its own outputs, in the message
 #: metadata and in the output's ``metadata``.
@@ -67,8 +67,7 @@ OPTIONAL_HEADER_KEYS = ("subshell_id",)
 EXECUTION_STATES = frozenset({"busy", "idle", "starting"})
 
 
-@dataclass(frozen=True)
-class Request:
+class Request(Record):
     """A request that the frontend sent, as the relay remembers it."""
 
     channel: str

@@ -10,17 +10,16 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from srt_kernel.errors import KernelError
+from srt_kernel.record import Record
 
 CHANNELS = ("shell", "control", "stdin", "iopub", "hb")
 
 
-@dataclass(frozen=True)
-class Connection:
+class Connection(Record):
     """The parts of a connection file that the relay uses."""
 
     transport: str

@@ -21,7 +21,6 @@ It promises:
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -32,8 +31,9 @@ from tornado.ioloop import IOLoop
 from traitlets import Bool
 
 from srt_kernel.errors import KernelError, SrtKernelError
+from srt_kernel.log import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: Exit status when the kernel refuses to start (bad connection file,
 #: seccomp failure).

@@ -19,15 +19,15 @@ import datetime
 import hashlib
 import hmac
 import json
-import logging
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from srt_kernel.errors import KernelError
+from srt_kernel.log import get_logger
+from srt_kernel.record import Record, field
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 DELIMITER = b"<IDS|MSG>"
 PROTOCOL_VERSION = "5.3"
@@ -73,8 +73,7 @@ class Signer:
         return hmac.compare_digest(signature, self.sign(parts))
 
 
-@dataclass
-class Message:
+class Message(Record, frozen=False):
     """One parsed message: routing frames, the four JSON dicts, buffers."""
 
     idents: list[bytes]

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from srt_kernel import locations, trust
 from srt_kernel import policy as pol
 from srt_kernel.errors import PolicyError
+from srt_kernel.record import Record, replace
 
 
 def find_notebook(connection: dict[str, Any], cwd: str) -> Path | None:
@@ -66,8 +66,7 @@ def read_metadata(notebook: Path) -> object:
     return metadata.get("sandbox") if isinstance(metadata, dict) else None
 
 
-@dataclass
-class PolicyState:
+class PolicyState(Record, frozen=False):
     """The policy in force and how it was made."""
 
     base: pol.Policy
@@ -122,4 +121,4 @@ def notebook_policy(
 
 def approvals() -> trust.ApprovalStore:
     """The user's approvals, in srt-kernel's data folder."""
-    return trust.ApprovalStore(locations.data_dir() / "approvals.json")
+    return trust.ApprovalStore(Path(locations.data_dir()) / "approvals.json")

@@ -36,7 +36,6 @@ last output and its ``idle`` status.  Hooks run on the relay's thread.
 
 from __future__ import annotations
 
-import logging
 import os
 import queue
 import stat
@@ -45,7 +44,6 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
@@ -55,8 +53,10 @@ from srt_kernel.kernel import checks, messages
 from srt_kernel.kernel.connection import CHANNELS, Connection
 from srt_kernel.kernel.messages import JSONDict, Message, Signer
 from srt_kernel.kernel.sanitize import Sanitizer
+from srt_kernel.log import get_logger
+from srt_kernel.record import Record, field
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 #: How long the relay waits for the inner kernel to confirm its iopub
@@ -71,8 +71,7 @@ MAX_HEARTBEAT_BYTES = 1024
 MAX_SUBSCRIPTION_BYTES = 1024
 
 
-@dataclass(frozen=True)
-class Output:
+class Output(Record):
     """An output the supervisor writes: a ``stream`` or a ``display_data``.
 
     ``content`` is the message content (``{"name": "stderr", "text": ...}``

@@ -25,9 +25,9 @@ from __future__ import annotations
 import posixpath
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 from srt_kernel.policy import FilesystemPolicy, is_within
+from srt_kernel.record import Record
 
 SETTINGS_HINT = "~/.config/srt-kernel/settings.json"
 
@@ -51,8 +51,7 @@ _PATTERNS = (
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
-@dataclass(frozen=True)
-class Block:
+class Block(Record):
     """One refusal, ready to be shown."""
 
     kind: str  # "network", "write", "read"

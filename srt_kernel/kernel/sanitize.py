@@ -29,7 +29,6 @@ is changed.  The module is pure: no sockets, no IO.
 
 from __future__ import annotations
 
-import logging
 import re
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -38,8 +37,9 @@ from typing import Any
 import nh3
 
 from srt_kernel.kernel.messages import JSONDict
+from srt_kernel.log import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: The setting that turns cleaning off for a notebook, as the note names it.
 SETTING = "output.allowActiveContent"

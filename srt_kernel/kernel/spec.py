@@ -19,7 +19,6 @@ message.  ``metadata.debugger`` is false: the debugger is not relayed.
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import sys
 import tempfile
@@ -29,8 +28,9 @@ from pathlib import Path
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
 from srt_kernel.errors import KernelError
+from srt_kernel.log import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 KERNEL_NAME = "python-sandboxed"
 DISPLAY_NAME = "Python (sandboxed)"

@@ -36,7 +36,6 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -54,6 +53,7 @@ from srt_kernel.hosts import HostPattern, parse_pattern
 from srt_kernel.kernel import report
 from srt_kernel.kernel.connection import CHANNELS, Connection
 from srt_kernel.kernel.notebook import PolicyState, find_notebook, notebook_policy
+from srt_kernel.record import Record, field, replace
 from srt_kernel.sandbox.bwrap import Sandbox
 from srt_kernel.sandbox.plan import RUN_INSIDE
 from srt_kernel.sandbox.rundir import RunDir
@@ -177,8 +177,7 @@ def banner(state: PolicyState, notebook: Path | None) -> str:
 # The supervisor
 
 
-@dataclass
-class CellRecord:
+class CellRecord(Record, frozen=False):
     texts: list[str] = field(default_factory=list)
     cleaned: list[str] = field(default_factory=list)
     #: When the inner kernel said the cell started and ended (busy, idle).
@@ -223,7 +222,7 @@ class Supervisor:
     # -- start and stop ----------------------------------------------------
 
     def _audit_path(self, name: str) -> Path:
-        folder = locations.data_dir() / "audit"
+        folder = Path(locations.data_dir()) / "audit"
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         return folder / name
 
@@ -254,7 +253,7 @@ class Supervisor:
         """
         key = str(self.notebook) if self.notebook else self.cwd
         digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-        folder = locations.data_dir() / "packages" / digest
+        folder = Path(locations.data_dir()) / "packages" / digest
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         return folder
 
@@ -274,9 +273,9 @@ class Supervisor:
         """Start a sandbox with the inner kernel; return it when it is ready."""
         policy = self._notebook_protection(self.state.policy)
         run = RunDir.create(locations.runtime_root())
-        kernel_dir = run.path / "kernel"
+        kernel_dir = Path(run.path) / "kernel"
         kernel_dir.mkdir(mode=0o700)
-        policy_dir = run.path / "policy"
+        policy_dir = Path(run.path) / "policy"
         policy_dir.mkdir(mode=0o700)
         self._write_policy_files(policy_dir)
         inner = self._inner_files(kernel_dir)
@@ -534,7 +533,7 @@ class Supervisor:
         if changed:
             self._apply_network()
             if self.sandbox is not None and self.sandbox.run is not None:
-                self._write_policy_files(self.sandbox.run.path / "policy")
+                self._write_policy_files(Path(self.sandbox.run.path) / "policy")
 
     def _on_output(self, msg: Message, request: Request) -> None:
         if request.msg_type != "execute_request":

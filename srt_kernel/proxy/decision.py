@@ -19,14 +19,14 @@ body, the audit log and the kernel's block report all show.
 from __future__ import annotations
 
 import ipaddress
-import logging
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 from srt_kernel.hosts import Host, HostPattern, IPAddress, fold_ip
+from srt_kernel.log import get_logger
+from srt_kernel.record import Record
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -65,8 +65,7 @@ class NetworkRules(Protocol):
     def sources(self) -> tuple[tuple[str, str], ...]: ...
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(Record):
     """The outcome of judging one connection.
 
     ``rule`` names what decided (``"allowedDomains entry 'a.test'"``,

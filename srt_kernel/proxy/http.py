@@ -25,12 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import logging
 import os
 import re
 import socket
 from collections.abc import Collection
-from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
 from tornado import httputil
@@ -38,6 +36,7 @@ from tornado import httputil
 from srt_kernel.audit import AuditLog, Protocol_
 from srt_kernel.errors import HostError
 from srt_kernel.hosts import Host, IPAddress, parse_host
+from srt_kernel.log import get_logger
 from srt_kernel.proxy.decision import (
     Decision,
     NetworkRules,
@@ -51,8 +50,9 @@ from srt_kernel.proxy.resolver import (
     Resolver,
     StaticResolver,
 )
+from srt_kernel.record import Record, replace
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 BLOCK_MARKER = "blocked-by-srt-kernel"
 UPSTREAM_MARKER = "upstream-failed-srt-kernel"
@@ -294,28 +294,31 @@ async def relay(
 # -- the gate: one decision per connection or request -----------------------
 
 
-@dataclass(frozen=True)
-class Verdict:
+class Verdict(Record):
     """A decision, plus whether a refusal came from a failed lookup."""
 
     decision: Decision
     lookup_failed: bool = False
 
 
-@dataclass
 class Gate:
     """Judges connections against the policy current at each call."""
 
-    policy: NetworkRules
-    audit: AuditLog
-    base_resolver: Resolver
-    host_addresses: tuple[tuple[str, str], ...] = ()
-    label: str = ""
-    local_addresses: Collection[IPAddress] = ()
-    resolver: Resolver = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.resolver = self._chain(self.host_addresses)
+    def __init__(
+        self,
+        policy: NetworkRules,
+        audit: AuditLog,
+        base_resolver: Resolver,
+        host_addresses: tuple[tuple[str, str], ...] = (),
+        label: str = "",
+        local_addresses: Collection[IPAddress] = (),
+    ) -> None:
+        self.policy = policy
+        self.audit = audit
+        self.base_resolver = base_resolver
+        self.label = label
+        self.local_addresses = local_addresses
+        self.resolver = self._chain(host_addresses)
 
     def _chain(self, pairs: tuple[tuple[str, str], ...]) -> Resolver:
         if not pairs:

@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import logging
 import socket
 from collections.abc import Iterable, Mapping
 from typing import Protocol
 
 from srt_kernel.errors import HostError
 from srt_kernel.hosts import IPAddress, fold_ip, parse_host
+from srt_kernel.log import get_logger
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
 class ResolveError(HostError):

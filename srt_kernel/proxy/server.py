@@ -1,11 +1,13 @@
 """The filtering proxy server: its thread, event loop and listening sockets.
 
 A :class:`ProxyServer` runs a tornado IOLoop on a thread of its own, so
-code that blocks elsewhere in the process never stalls it.  It listens on
-two Unix sockets, ``http.sock`` and ``socks.sock``, in a private directory
-(created with mode 0700; an existing one must be ours and 0700) that the
-sandbox gets bind-mounted; with ``tcp=True`` it listens on 127.0.0.1 ports
-instead (tests and the benchmark).
+code that blocks elsewhere in the process never stalls it.  It serves two
+listening sockets, HTTP and SOCKS5: for a sandbox, ones made inside the
+sandbox's network namespace (:mod:`srt_kernel.sandbox.netns`) and handed
+over as ``listeners``; otherwise two Unix sockets, ``http.sock`` and
+``socks.sock``, in a private directory (created with mode 0700; an existing
+one must be ours and 0700), or with ``tcp=True`` two 127.0.0.1 ports (tests
+and the benchmark).
 
 The policy is swapped atomically by :meth:`ProxyServer.set_policy`: the
 next request is judged by the new one, requests already judged keep going.
@@ -16,12 +18,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import logging
 import os
 import socket
-import stat
 import threading
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from pathlib import Path
 
 from tornado import netutil
@@ -30,15 +30,15 @@ from tornado.ioloop import IOLoop
 from srt_kernel.audit import AuditLog
 from srt_kernel.errors import ProxyError
 from srt_kernel.hosts import IPAddress, fold_ip
+from srt_kernel.log import get_logger
 from srt_kernel.proxy.decision import NetworkRules
 from srt_kernel.proxy.http import Gate, serve_http
+from srt_kernel.proxy.listen import BACKLOG, bind_proxy_sockets
 from srt_kernel.proxy.resolver import Resolver, SystemResolver
 from srt_kernel.proxy.socks import serve_socks
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
-_UNIX_PATH_MAX = 107
-BACKLOG = 1024
 Handler = Callable[[Gate, socket.socket], Awaitable[None]]
 
 
@@ -71,48 +71,24 @@ def host_addresses() -> set[IPAddress]:
     return found
 
 
-def _prepare_dir(path: Path) -> None:
-    """Create ``path`` 0700, or check that an existing one is ours and 0700."""
-    try:
-        os.mkdir(path, 0o700)
-    except FileExistsError:
-        pass
-    except OSError as exc:
-        raise ProxyError(
-            f"cannot create the proxy socket directory {str(path)!r}: {exc.strerror}; "
-            "give a directory whose parent exists and is writable"
-        ) from exc
-    info = os.lstat(path)
-    if not stat.S_ISDIR(info.st_mode):
-        raise ProxyError(
-            f"the proxy socket directory {str(path)!r} is not a directory "
-            "(or is a symlink); remove it or give another path"
-        )
-    if info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) != 0o700:
-        raise ProxyError(
-            f"the proxy socket directory {str(path)!r} has owner {info.st_uid} and "
-            f"mode {stat.S_IMODE(info.st_mode):o}; it must be owned by uid "
-            f"{os.getuid()} with mode 700 (chmod 700 it or give another path)"
-        )
-
-
 class ProxyServer:
     """The HTTP and SOCKS5 filtering proxy, on its own thread and IOLoop."""
 
     def __init__(
         self,
         policy: NetworkRules,
-        socket_dir: Path | None = None,
+        socket_dir: str | os.PathLike[str] | None = None,
         *,
         resolver: Resolver | None = None,
         audit: AuditLog | None = None,
         label: str = "",
         tcp: bool = False,
         local_addresses: Collection[IPAddress] | None = None,
+        listeners: Mapping[str, socket.socket] | None = None,
     ) -> None:
-        if socket_dir is None and not tcp:
-            raise ProxyError("a ProxyServer needs a socket_dir unless tcp=True")
-        self.socket_dir = socket_dir
+        if socket_dir is None and not tcp and listeners is None:
+            raise ProxyError("a ProxyServer needs a socket_dir, listeners, or tcp=True")
+        self.socket_dir = Path(socket_dir) if socket_dir is not None else None
         self.tcp = tcp
         self.audit = audit if audit is not None else AuditLog()
         self.gate = Gate(
@@ -127,14 +103,18 @@ class ProxyServer:
                 else frozenset(host_addresses())
             ),
         )
-        self.http_socket = socket_dir / "http.sock" if socket_dir else Path()
-        self.socks_socket = socket_dir / "socks.sock" if socket_dir else Path()
+        self.http_socket = self.socket_dir / "http.sock" if self.socket_dir else Path()
+        self.socks_socket = (
+            self.socket_dir / "socks.sock" if self.socket_dir else Path()
+        )
         self.http_port = 0
         self.socks_port = 0
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ioloop: IOLoop | None = None
         self._listeners: list[socket.socket] = []
+        #: Sockets bound beforehand (listen.bind_proxy_sockets), by protocol.
+        self._bound = dict(listeners) if listeners is not None else None
         self._tasks: set[asyncio.Task[None]] = set()
         self._removers: list[Callable[[], None]] = []
 
@@ -152,6 +132,9 @@ class ProxyServer:
         self.gate.label = label
 
     def _bind(self) -> list[tuple[socket.socket, Handler]]:
+        if self._bound is not None:
+            bound, self._bound = self._bound, None
+            return [(bound["http"], serve_http), (bound["socks"], serve_socks)]
         if self.tcp:
             http = netutil.bind_sockets(
                 0, "127.0.0.1", family=socket.AF_INET, backlog=BACKLOG
@@ -163,28 +146,8 @@ class ProxyServer:
             self.socks_port = socks.getsockname()[1]
             return [(http, serve_http), (socks, serve_socks)]
         assert self.socket_dir is not None
-        _prepare_dir(self.socket_dir)
-        bound: list[tuple[socket.socket, Handler]] = []
-        for path, handler in (
-            (self.http_socket, serve_http),
-            (self.socks_socket, serve_socks),
-        ):
-            if len(os.fsencode(path)) > _UNIX_PATH_MAX:
-                raise ProxyError(
-                    f"the socket path {str(path)!r} is longer than "
-                    f"{_UNIX_PATH_MAX} bytes; give a shorter socket_dir"
-                )
-            try:
-                sock = netutil.bind_unix_socket(str(path), mode=0o600, backlog=BACKLOG)
-            except (OSError, ValueError) as exc:
-                for done, _ in bound:
-                    done.close()
-                raise ProxyError(
-                    f"cannot listen on {str(path)!r}: {exc}; remove the "
-                    "file if it is not a socket, or give another socket_dir"
-                ) from exc
-            bound.append((sock, handler))
-        return bound
+        bound = bind_proxy_sockets(str(self.socket_dir))
+        return [(bound["http"], serve_http), (bound["socks"], serve_socks)]
 
     def start(self) -> None:
         """Bind the sockets here, then serve them on a new thread."""
@@ -281,7 +244,7 @@ class ProxyServer:
             loop.call_soon_threadsafe(halt)
         thread.join(timeout=30)
         self._loop = None
-        if not self.tcp:
+        if self.socket_dir is not None and not self.tcp:
             for path in (self.http_socket, self.socks_socket):
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()

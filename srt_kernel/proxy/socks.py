@@ -18,15 +18,15 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
-import logging
 import socket
 import struct
 
 from srt_kernel.errors import HostError
 from srt_kernel.hosts import Host, parse_host
+from srt_kernel.log import get_logger
 from srt_kernel.proxy.http import Gate, ProtocolError, SockReader, dial, relay
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 VERSION = 5
 NO_AUTH = 0x00

@@ -1,10 +1,12 @@
 """Launch a command in bubblewrap under a policy: the IO side of the plan.
 
 :class:`Sandbox` gathers the facts, plans, creates the private run
-directory and placeholders, starts the proxy when the policy allows any
-host, and starts bubblewrap from the calling thread (``--die-with-parent``
-fires when the thread that started bubblewrap exits, so start it from a
-thread that lives as long as the sandbox).  :func:`run_command` adds what a
+directory and placeholders, and starts bubblewrap from the calling thread
+(``--die-with-parent`` fires when the thread that started bubblewrap exits,
+so start it from a thread that lives as long as the sandbox).  When the
+policy allows any host it puts the proxy's listening sockets into the
+sandbox's network namespace (:mod:`.netns`) before the command runs, and
+starts the proxy on them.  :func:`run_command` adds what a
 terminal user needs: a pseudo-terminal when stdin is one, forwarding of
 INT, TERM, HUP and window-size changes, and the command's exit status.
 
@@ -16,31 +18,37 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import logging
 import os
 import select
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import sys
 import termios
+import threading
 import tty
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
 from types import FrameType
-from typing import IO, Any
 
 from srt_kernel import locations
 from srt_kernel.errors import PolicyError, SandboxError, SandboxUnavailable
+from srt_kernel.log import get_logger
 from srt_kernel.policy import Policy, is_within
+from srt_kernel.record import Record, field
 from srt_kernel.sandbox import facts as fsfacts
-from srt_kernel.sandbox import rundir as rundir_mod
-from srt_kernel.sandbox.plan import LaunchSpec, SandboxPlan, plan_sandbox
+from srt_kernel.sandbox.plan import PROXY_PORTS, LaunchSpec, SandboxPlan, plan_sandbox
 from srt_kernel.sandbox.rundir import RunDir
 
-logger = logging.getLogger(__name__)
+# Not typing.TYPE_CHECKING: importing typing costs the launcher's start-up.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import IO, Any
+
+    from srt_kernel.proxy.server import ProxyServer
+
+logger = get_logger(__name__)
 
 #: Exit status of the launcher when the sandbox could not be built.
 SANDBOX_FAILED = 125
@@ -61,11 +69,10 @@ def find_bwrap() -> str:
 
 
 def _package_parent() -> str:
-    return str(Path(__file__).resolve().parent.parent.parent)
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
 
 
-@dataclass
-class Sandbox:
+class Sandbox(Record, frozen=False):
     """One running sandbox.  Use as a context manager, or call :meth:`close`."""
 
     policy: Policy
@@ -101,6 +108,15 @@ class Sandbox:
     held: dict[str, tuple[int, int]] = field(default_factory=dict)
     _info: tuple[int, int] | None = None
     _seccomp_fd: int | None = None
+    #: Guards ``proxy`` against a close() while the proxy is still starting.
+    _proxy_lock: threading.Lock = field(default_factory=threading.Lock)
+    _proxy_closed: bool = False
+    #: Closed to wake the thread that waits to start the proxy on first use.
+    _proxy_wake: int | None = None
+    #: bubblewrap waits on the read end until the proxy's sockets are in place.
+    _block: tuple[int, int] | None = None
+    #: The proxy's listening sockets in the sandbox, until a proxy takes them.
+    _listeners: dict[str, socket.socket] | None = None
 
     def prepare(self) -> SandboxPlan:
         """Gather facts and plan, without starting anything."""
@@ -114,20 +130,23 @@ class Sandbox:
         # bubblewrap reports the sandbox's pid on this pipe; the fd keeps its
         # number in the child (pass_fds), so the plan can name it.
         self._info = os.pipe()
-        if self.init_seccomp and not self.tty and not self._wants_proxy():
+        if self._wants_proxy():
+            self._block = os.pipe()
+        if self.init_seccomp and not self.tty:
             self._seccomp_fd = _seccomp_program(self.policy)
         spec = LaunchSpec(
             command=tuple(self.command),
             cwd=self.cwd,
-            run_dir=str(self.run.path),
+            run_dir=self.run.path,
             host_env=dict(os.environ if self.env is None else self.env),
             bwrap=bwrap,
             python=os.path.realpath(sys.executable),
             package_parent=_package_parent(),
-            proxy_dir=str(self.run.proxy_dir) if self._wants_proxy() else None,
+            network=self._wants_proxy(),
             seccomp=self.init_seccomp,
             tty=self.tty,
             info_fd=self._info[1],
+            block_fd=self._block[0] if self._block is not None else None,
             keep_visible=tuple(keep),
             extra_env=dict(self.extra_env),
             binds=tuple(self.binds),
@@ -154,11 +173,17 @@ class Sandbox:
         stdout: int | IO[Any] | None = None,
         stderr: int | IO[Any] | None = None,
     ) -> subprocess.Popen[bytes]:
-        """Create placeholders, start the proxy and bubblewrap."""
+        """Create placeholders, start bubblewrap, put the proxy's sockets in.
+
+        With a network, bubblewrap waits before it runs the command until
+        the proxy's listening sockets are in the sandbox (:mod:`.netns`);
+        the proxy itself starts on the first connection, or with
+        :meth:`start_proxy` when ``defer_proxy`` is set.
+        """
         plan = self.plan or self.prepare()
         assert self.run is not None
         if (
-            direct_exec_plan(plan)
+            plan.direct
             and shutil.which(self.command[0], path=plan.env.get("PATH")) is None
         ):
             self.close()
@@ -169,21 +194,15 @@ class Sandbox:
             self.held = {
                 p: i for p in plan.protected if (i := _identity(p)) is not None
             }
-            if self._wants_proxy() and not self.defer_proxy:
-                self.start_proxy()
-            elif self._wants_proxy():
-                # the folder must exist for the bind mount; the sockets come
-                # with start_proxy(), before anything in the sandbox can use them
-                rundir_mod.ensure_private_dir(self.run.proxy_dir)
             assert self._info is not None
             info_r, info_w = self._info
             self._info = None
+            fds = [info_w]
+            if self._seccomp_fd is not None:
+                fds.append(self._seccomp_fd)
+            if self._block is not None:
+                fds.append(self._block[0])
             try:
-                fds = (
-                    (info_w,)
-                    if self._seccomp_fd is None
-                    else (info_w, self._seccomp_fd)
-                )
                 self.process = subprocess.Popen(
                     list(plan.argv),
                     env=dict(plan.env),
@@ -199,6 +218,8 @@ class Sandbox:
                     os.close(self._seccomp_fd)
                     self._seccomp_fd = None
             self.child_pid = _read_child_pid(info_r)
+            if self.child_pid is not None and self._block is not None:
+                self._place_listeners(self.child_pid)
         except BaseException:
             self.close()
             raise
@@ -218,18 +239,96 @@ class Sandbox:
     def _wants_proxy(self) -> bool:
         return self.policy.network.enabled or self.always_proxy
 
+    def _place_listeners(self, child_pid: int) -> None:
+        """Put the proxy's sockets in the sandbox, then let the command run."""
+        from srt_kernel.sandbox.netns import listen_inside
+
+        assert self.process is not None and self._block is not None
+        self._listeners = listen_inside(child_pid, self.process.pid, PROXY_PORTS)
+        if not self.defer_proxy:
+            self._start_proxy_behind()
+        block_r, block_w = self._block
+        self._block = None
+        os.close(block_r)
+        try:
+            os.write(block_w, b"1")
+        finally:
+            os.close(block_w)
+
+    def _take_listeners(self) -> dict[str, socket.socket]:
+        listeners, self._listeners = self._listeners, None
+        if listeners is None:
+            raise SandboxError("the proxy's sockets were already taken or closed")
+        return listeners
+
     def start_proxy(self) -> None:
-        """Start the proxy (done by :meth:`start` unless ``defer_proxy``)."""
+        """Start the proxy (done on first use unless ``defer_proxy``)."""
         from srt_kernel.proxy.server import ProxyServer
 
-        assert self.run is not None
         self.proxy = ProxyServer(
             self.policy.network,
-            self.run.proxy_dir,
             audit=self.audit,
             label=self.label,
+            listeners=self._take_listeners(),
         )
         self.proxy.start()
+
+    def _start_proxy_behind(self) -> None:
+        """Start the proxy's server on the sandbox's first connection.
+
+        Importing the server (tornado) takes tens of milliseconds.  A thread
+        waits until a listening socket is readable (the connection waits in
+        its backlog meanwhile) and only then starts the server, so a command
+        that connects nowhere never pays for it and one that does starts
+        while the server is being imported.  A server that cannot start
+        closes the sockets: the sandbox's connections are refused, never
+        let through.
+        """
+        listeners = self._take_listeners()
+        wake_r, wake_w = os.pipe2(os.O_CLOEXEC)
+        self._proxy_wake = wake_w
+
+        def wait_and_start() -> ProxyServer | None:
+            select.select(
+                [wake_r, *(sock.fileno() for sock in listeners.values())], [], []
+            )
+            with self._proxy_lock:
+                if self._proxy_closed:
+                    return None
+            from srt_kernel.proxy.server import ProxyServer
+
+            proxy = ProxyServer(
+                self.policy.network,
+                audit=self.audit,
+                label=self.label,
+                listeners=listeners,
+            )
+            proxy.start()
+            return proxy
+
+        def serve() -> None:
+            try:
+                proxy = wait_and_start()
+            except BaseException as exc:
+                proxy = None
+                logger.error(
+                    "the proxy could not start, so the sandbox's connections are "
+                    "refused: %s",
+                    exc,
+                )
+            finally:
+                os.close(wake_r)
+            if proxy is None:
+                for sock in listeners.values():
+                    sock.close()
+                return
+            with self._proxy_lock:
+                if not self._proxy_closed:
+                    self.proxy = proxy
+                    return
+            proxy.stop()
+
+        threading.Thread(target=serve, name="srt-kernel-proxy", daemon=True).start()
 
     def signal(self, signum: int) -> None:
         """Send ``signum`` to the command.
@@ -239,7 +338,7 @@ class Sandbox:
         """
         if self.child_pid is None:
             return
-        if self.plan is not None and direct_exec_plan(self.plan):
+        if self.plan is not None and self.plan.direct:
             # bubblewrap's own pid 1 leads the session the command runs in;
             # as a namespace's init it ignores signals it has no handler for
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -295,13 +394,23 @@ class Sandbox:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
-        if self.proxy is not None:
-            self.proxy.stop()
-            self.proxy = None
-        if self._info is not None:
-            for fd in self._info:
-                os.close(fd)
-            self._info = None
+        with self._proxy_lock:
+            # a proxy still starting stops itself once it is up
+            self._proxy_closed = True
+            proxy, self.proxy = self.proxy, None
+            if self._proxy_wake is not None:
+                os.close(self._proxy_wake)  # wakes a proxy waiting for first use
+                self._proxy_wake = None
+        if proxy is not None:
+            proxy.stop()
+        for pair in (self._info, self._block):
+            if pair is not None:
+                for fd in pair:
+                    os.close(fd)
+        self._info = self._block = None
+        for sock in (self._listeners or {}).values():
+            sock.close()
+        self._listeners = None
         if self._seccomp_fd is not None:
             os.close(self._seccomp_fd)
             self._seccomp_fd = None
@@ -330,10 +439,6 @@ def _identity(path: str) -> tuple[int, int] | None:
     except OSError:
         return None
     return (st.st_dev, st.st_ino)
-
-
-def direct_exec_plan(plan: SandboxPlan) -> bool:
-    return "--seccomp" in plan.argv
 
 
 def _seccomp_program(policy: Policy) -> int:

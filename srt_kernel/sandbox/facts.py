@@ -9,23 +9,27 @@ let that tree hide a ``.git/hooks`` from it).
 
 from __future__ import annotations
 
-import logging
 import os
 import posixpath
 import stat
 from collections.abc import Iterable
 
+from srt_kernel.log import get_logger
 from srt_kernel.policy import Policy
 from srt_kernel.sandbox.plan import (
     PROTECTED_FIRST,
     PROTECTED_NAMES,
     FsFacts,
-    Kind,
     PathFact,
     protected_candidates,
 )
 
-logger = logging.getLogger(__name__)
+# Not typing.TYPE_CHECKING: importing typing costs the launcher's start-up.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from srt_kernel.sandbox.plan import Kind
+
+logger = get_logger(__name__)
 
 # Directories whose contents no tool reads as configuration, skipped by the
 # scan for speed: git's object store holds only content-addressed blobs.

@@ -1,21 +1,23 @@
-"""The sandbox's first process: network relay, then the command.
+"""The sandbox's first process when the command has a terminal.
 
-bubblewrap starts this as pid 1 of the sandbox (``python -I -S``, see
+Without a terminal bubblewrap runs the command itself.  With one, the
+command must lead a session of its own with the pseudo-terminal as its
+controlling terminal, which bubblewrap cannot arrange, so bubblewrap starts
+this as pid 1 of the sandbox (``python -I -S``, see
 :data:`srt_kernel.sandbox.plan.BOOT`).  In order, it:
 
 1. makes itself non-dumpable, so that the command cannot read or write its
-   memory through ``/proc/1/mem`` (and the command's seccomp filter refuses
-   ``ptrace``);
-2. binds the relay's listening sockets on 127.0.0.1 *before* the command
-   exists, so the command's first connection is queued, never refused;
-3. forks the command: the child starts a session of its own (and takes its
-   pseudo-terminal as controlling terminal when it has one), applies the
-   seccomp filter, and executes the command;
-4. relays connections to the proxy's Unix sockets, forwards INT, TERM, HUP
-   and QUIT to the command, reaps every process (it is pid 1), and exits
-   with the command's status (128 + N for a signal).
+   memory through ``/proc/1/mem`` (init runs without the seccomp filter;
+   the command's filter refuses ``ptrace``);
+2. forks the command: the child starts a session of its own, takes its
+   pseudo-terminal as controlling terminal, applies the seccomp filter,
+   and executes the command;
+3. forwards INT, TERM, HUP and QUIT to the command, reaps every process (it
+   is pid 1), and exits with the command's status (128 + N for a signal).
 
-It imports only the standard library and the seccomp builder, to start fast.
+It imports only the standard library and the seccomp builder, and of the
+standard library only what it uses (no ``json``, no ``typing``): the
+command waits for it.
 """
 
 from __future__ import annotations
@@ -23,15 +25,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import fcntl
-import json
 import os
 import signal
-import socket
 import sys
 import termios
-import threading
-
-from srt_kernel.sandbox import relay
 
 PR_SET_DUMPABLE = 4
 #: Exit status when the sandbox itself could not be set up (as ``env`` and
@@ -52,23 +49,19 @@ def _set_dumpable(value: int) -> None:
         raise OSError(err, f"prctl(PR_SET_DUMPABLE) failed: {os.strerror(err)}")
 
 
-def _child(
-    command: list[str], config: dict[str, object], listeners: list[socket.socket]
-) -> None:
+def _child(command: list[str], config: dict[str, str]) -> None:
     """In the forked child: never returns."""
     try:
-        for sock in listeners:
-            sock.close()
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
             signal.signal(sig, signal.SIG_DFL)
         os.setsid()
-        if config.get("tty") and os.isatty(0):
+        if config.get("tty") == "1" and os.isatty(0):
             fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-        if config.get("seccomp"):
+        if config.get("seccomp") != "0":
             from srt_kernel.sandbox import seccomp
 
             program = seccomp.build_filter(
-                allow_unix_sockets=bool(config.get("allow_unix_sockets"))
+                allow_unix_sockets=config.get("allow_unix_sockets") == "1"
             )
             seccomp.apply(program)
         os.execvp(command[0], command)
@@ -87,35 +80,24 @@ def _child(
 
 
 def main(argv: list[str]) -> int:
-    """``CONFIG_JSON -- COMMAND [ARG]...``; returns the command's status."""
-    if len(argv) < 3 or argv[1] != "--":
-        return _fail("internal error: init expects CONFIG -- COMMAND")
-    config = json.loads(argv[0])
-    command = argv[2:]
+    """``KEY=VALUE... -- COMMAND [ARG]...``; returns the command's status.
+
+    The keys are those of :func:`srt_kernel.sandbox.plan.init_config`.
+    """
+    if "--" not in argv or argv.index("--") == len(argv) - 1:
+        return _fail("internal error: init expects KEY=VALUE... -- COMMAND")
+    split = argv.index("--")
+    config = dict(word.partition("=")[::2] for word in argv[:split])
+    command = argv[split + 1 :]
 
     try:
         _set_dumpable(0)
     except OSError as exc:
         return _fail(str(exc))
 
-    listeners: list[socket.socket] = []
-    routes: list[tuple[socket.socket, str]] = []
-    proxy_dir = config.get("proxy_dir")
-    if isinstance(proxy_dir, str):
-        try:
-            for port_key, name in (
-                ("http_port", "http.sock"),
-                ("socks_port", "socks.sock"),
-            ):
-                sock = relay.listen(int(str(config[port_key])))
-                listeners.append(sock)
-                routes.append((sock, os.path.join(proxy_dir, name)))
-        except OSError as exc:
-            return _fail(f"the network relay could not listen: {exc}")
-
     pid = os.fork()
     if pid == 0:
-        _child(command, config, listeners)
+        _child(command, config)
 
     forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 
@@ -125,11 +107,6 @@ def main(argv: list[str]) -> int:
 
     for sig in forwarded:
         signal.signal(sig, forward)
-
-    for sock, target in routes:
-        threading.Thread(
-            target=relay.serve, args=(sock, target), daemon=True, name="relay"
-        ).start()
 
     status = SETUP_FAILED
     while True:

@@ -27,15 +27,18 @@ How the mounts are laid out:
 
 from __future__ import annotations
 
-import json
 import posixpath
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Literal
 
 from srt_kernel.policy import BASE_ENV_ALLOW, FilesystemPolicy, Policy, is_within
+from srt_kernel.record import Record, field
 
-Kind = Literal["file", "dir", "missing", "other"]
+# Not typing.TYPE_CHECKING: importing typing costs the launcher's start-up.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Literal
+
+    Kind = Literal["file", "dir", "missing", "other"]
 
 #: Names that trusted tools read or run later.  Every existing one below a
 #: writable root is protected wherever a scan finds it; those marked
@@ -94,14 +97,13 @@ PROTECTED_FIRST: frozenset[str] = frozenset(
 
 #: Inside the sandbox: srt-kernel's own folder, on the private /run.
 RUN_INSIDE = "/run/srt-kernel"
-#: Inside the sandbox: where the proxy's sockets are mounted.
-PROXY_DIR_INSIDE = RUN_INSIDE + "/proxy"
+#: The proxy's ports on the sandbox's own 127.0.0.1 (see :mod:`.netns`).
 HTTP_PORT = 3128
 SOCKS_PORT = 1080
+PROXY_PORTS = {"http": HTTP_PORT, "socks": SOCKS_PORT}
 
 
-@dataclass(frozen=True)
-class PathFact:
+class PathFact(Record):
     """What one path is on the host."""
 
     kind: Kind
@@ -110,8 +112,7 @@ class PathFact:
     real: str
 
 
-@dataclass(frozen=True)
-class FsFacts:
+class FsFacts(Record):
     """File-system facts that a plan needs, gathered by :mod:`.facts`."""
 
     paths: Mapping[str, PathFact]
@@ -122,8 +123,7 @@ class FsFacts:
         return self.paths.get(path, PathFact("missing", path))
 
 
-@dataclass(frozen=True)
-class LaunchSpec:
+class LaunchSpec(Record):
     """Everything about one launch that is not policy."""
 
     command: tuple[str, ...]
@@ -136,15 +136,22 @@ class LaunchSpec:
     #: Interpreter and sys.path entry that run :mod:`.init` inside.
     python: str = "python3"
     package_parent: str = ""
-    #: Host directory with the proxy's sockets; None when there is no network.
-    proxy_dir: str | None = None
+    #: The proxy listens on the sandbox's 127.0.0.1 (:data:`PROXY_PORTS`):
+    #: set its variables.
+    network: bool = False
+    #: Apply the seccomp filter before the command runs (off for the
+    #: kernel, whose inner kernel applies it to itself).
     seccomp: bool = True
     tty: bool = False
     #: The fd bubblewrap reports the sandbox's pid on.
     info_fd: int | None = None
+    #: An fd bubblewrap waits on before it runs the command: the launcher
+    #: writes to it once the proxy's sockets are in the sandbox.
+    block_fd: int | None = None
     #: An fd holding the seccomp program for bubblewrap's ``--seccomp``.
-    #: When set (no network relay, no terminal), bubblewrap applies the
-    #: filter and runs the command itself: no init process, a faster start.
+    #: Without a terminal bubblewrap applies the filter and runs the
+    #: command itself; with one, :mod:`.init` gives the command its
+    #: terminal and applies the filter.
     seccomp_fd: int | None = None
     #: Paths that must stay visible although they are under the private /tmp
     #: (the interpreter and the package when installed there).
@@ -157,15 +164,13 @@ class LaunchSpec:
     binds: tuple[tuple[str, str, bool], ...] = ()
 
 
-@dataclass(frozen=True)
-class Mount:
+class Mount(Record):
     op: str  # "bind", "ro-bind", "tmpfs", "deny-file", "remount-ro"
     dest: str
     src: str = ""
 
 
-@dataclass(frozen=True)
-class SandboxPlan:
+class SandboxPlan(Record):
     argv: tuple[str, ...]
     env: Mapping[str, str]
     mounts: tuple[Mount, ...]
@@ -176,6 +181,8 @@ class SandboxPlan:
     #: Real paths protected from writes.
     protected: tuple[str, ...]
     private_tmp: bool
+    #: bubblewrap runs the command itself (no :mod:`.init`).
+    direct: bool = True
 
     def describe(self) -> str:
         """A readable account of the plan, for ``--debug``."""
@@ -347,6 +354,7 @@ def plan_sandbox(policy: Policy, facts: FsFacts, spec: LaunchSpec) -> SandboxPla
         resolved=fs,
         protected=tuple(dict.fromkeys(protected)),
         private_tmp=private_tmp,
+        direct=direct_exec(spec),
     )
 
 
@@ -394,8 +402,6 @@ def _mounts(
         mounts.append(Mount(op, path, path))
         shown.append((path, False))
 
-    if spec.proxy_dir is not None:
-        mounts.append(Mount("ro-bind", PROXY_DIR_INSIDE, spec.proxy_dir))
     for host, inside, writable in spec.binds:
         if not is_within(inside, RUN_INSIDE) or inside == RUN_INSIDE:
             raise ValueError(f"private binds go below {RUN_INSIDE}, not {inside!r}")
@@ -424,33 +430,36 @@ def _mount_args(m: Mount, run_dir: str) -> list[str]:
     raise ValueError(f"unknown mount operation {m.op!r}")
 
 
-def init_config(policy: Policy, spec: LaunchSpec) -> dict[str, object]:
-    """What :mod:`.init` needs to know, passed as one JSON argument."""
-    return {
-        "proxy_dir": PROXY_DIR_INSIDE if spec.proxy_dir is not None else None,
-        "http_port": HTTP_PORT,
-        "socks_port": SOCKS_PORT,
-        "seccomp": spec.seccomp,
-        "allow_unix_sockets": policy.network.allow_all_unix_sockets,
-        "tty": spec.tty,
-    }
+def init_config(policy: Policy, spec: LaunchSpec) -> list[str]:
+    """What :mod:`.init` needs to know, as ``KEY=VALUE`` arguments.
+
+    Plain words rather than JSON: init would pay for importing ``json``
+    (and ``re``) on every start.  Flags are ``1`` or ``0``.
+    """
+    return [
+        f"seccomp={int(spec.seccomp)}",
+        f"allow_unix_sockets={int(policy.network.allow_all_unix_sockets)}",
+        f"tty={int(spec.tty)}",
+    ]
 
 
 #: The inline program that starts :mod:`.init` with ``python -I -S``: no
-#: site-packages scan and no environment-controlled start-up.
+#: site-packages scan and no environment-controlled start-up.  It ends with
+#: ``os._exit``: as pid 1, init's exit ends the sandbox, and the
+#: interpreter's clean-up would only delay it.
 BOOT = (
-    "import sys;sys.path.insert(0,sys.argv[1]);"
-    "from srt_kernel.sandbox.init import main;sys.exit(main(sys.argv[2:]))"
+    "import os,sys;sys.path.insert(0,sys.argv[1]);"
+    "from srt_kernel.sandbox.init import main;s=main(sys.argv[2:]);"
+    "sys.stdout.flush();sys.stderr.flush();os._exit(s)"
 )
 
 
 def direct_exec(spec: LaunchSpec) -> bool:
     """Whether bubblewrap runs the command itself, without :mod:`.init`.
 
-    Init is needed to relay the network, to give a terminal to the command,
-    and when the command applies its own filter later (the kernel).
+    Init is needed only to give the command a terminal of its own.
     """
-    return spec.seccomp_fd is not None and spec.proxy_dir is None and not spec.tty
+    return not spec.tty
 
 
 def _argv(mounts: list[Mount], spec: LaunchSpec, policy: Policy) -> tuple[str, ...]:
@@ -477,11 +486,17 @@ def _argv(mounts: list[Mount], spec: LaunchSpec, policy: Policy) -> tuple[str, .
     argv += ["--chdir", spec.cwd]
     if spec.info_fd is not None:
         argv += ["--info-fd", str(spec.info_fd)]
+    if spec.block_fd is not None:
+        argv += ["--block-fd", str(spec.block_fd)]
     if direct:
-        argv += ["--seccomp", str(spec.seccomp_fd), "--", *spec.command]
+        if spec.seccomp:
+            if spec.seccomp_fd is None:
+                raise ValueError("a filtered command needs seccomp_fd")
+            argv += ["--seccomp", str(spec.seccomp_fd)]
+        argv += ["--", *spec.command]
         return tuple(argv)
     argv += ["--", spec.python, "-I", "-S", "-c", BOOT, spec.package_parent]
-    argv += [json.dumps(init_config(policy, spec), sort_keys=True), "--"]
+    argv += [*init_config(policy, spec), "--"]
     argv += list(spec.command)
     return tuple(argv)
 
@@ -506,7 +521,7 @@ def _environment(policy: Policy, spec: LaunchSpec) -> dict[str, str]:
     # read-only warning ends up in the output.
     env["XDG_CACHE_HOME"] = "/tmp/.cache"
     env["MPLCONFIGDIR"] = "/tmp/.config/matplotlib"
-    if spec.proxy_dir is not None:
+    if spec.network:
         http = f"http://127.0.0.1:{HTTP_PORT}"
         for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
             env[name] = http

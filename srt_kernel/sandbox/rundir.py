@@ -12,16 +12,20 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import shutil
 import stat
-from dataclasses import dataclass, field
-from pathlib import Path
 
 from srt_kernel.errors import SandboxError
+from srt_kernel.log import get_logger
+from srt_kernel.record import Record, field
 
-logger = logging.getLogger(__name__)
+# Not typing.TYPE_CHECKING: importing typing costs the launcher's start-up.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+logger = get_logger(__name__)
 
 _MANIFEST = "placeholders.json"
 #: The protected paths a run holds with mounts (its own placeholders and
@@ -30,10 +34,10 @@ _MANIFEST = "placeholders.json"
 _USES = "uses.json"
 
 
-def ensure_private_dir(path: Path) -> Path:
+def ensure_private_dir(path: str) -> str:
     """Create ``path`` mode 0700, or check that an existing one is ours."""
     with contextlib.suppress(FileExistsError):
-        path.mkdir(mode=0o700, parents=True)
+        os.makedirs(path, mode=0o700)
     st = os.lstat(path)
     if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
         raise SandboxError(
@@ -55,15 +59,20 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def clean_stale(root: Path) -> list[Path]:
+def _runs(root: str) -> list[str]:
+    """The names of the run directories under ``root``."""
+    try:
+        names = os.listdir(root)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return [name for name in names if name.startswith("run-")]
+
+
+def clean_stale(root: str) -> list[str]:
     """Remove run directories (and placeholders) of runs that are gone."""
-    removed: list[Path] = []
-    if not root.is_dir():
-        return removed
-    for entry in root.iterdir():
-        name = entry.name
-        if not name.startswith("run-"):
-            continue
+    removed: list[str] = []
+    for name in _runs(root):
+        entry = os.path.join(root, name)
         try:
             pid = int(name.split("-")[1])
         except (IndexError, ValueError):
@@ -75,29 +84,24 @@ def clean_stale(root: Path) -> list[Path]:
     return removed
 
 
-@dataclass
-class RunDir:
+class RunDir(Record, frozen=False):
     """One sandbox's private directory on the host."""
 
-    path: Path
+    path: str
     created: list[tuple[str, str, int]] = field(default_factory=list)
 
     @classmethod
-    def create(cls, root: Path) -> RunDir:
+    def create(cls, root: str) -> RunDir:
         ensure_private_dir(root)
         clean_stale(root)
-        path = root / f"run-{os.getpid()}-{os.urandom(4).hex()}"
-        path.mkdir(mode=0o700)
+        path = os.path.join(root, f"run-{os.getpid()}-{os.urandom(4).hex()}")
+        os.mkdir(path, 0o700)
         run = cls(path)
-        denied = path / "denied"
+        denied = os.path.join(path, "denied")
         fd = os.open(denied, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o000)
         os.close(fd)
         os.chmod(denied, 0o000)
         return run
-
-    @property
-    def proxy_dir(self) -> Path:
-        return self.path / "proxy"
 
     def make_placeholders(self, placeholders: tuple[tuple[str, str], ...]) -> None:
         """Create each missing protected path as an empty file or folder.
@@ -136,9 +140,7 @@ class RunDir:
         self._write_manifest()
 
     def _write_manifest(self) -> None:
-        tmp = self.path / (_MANIFEST + ".tmp")
-        tmp.write_text(json.dumps(self.created))
-        os.replace(tmp, self.path / _MANIFEST)
+        _write_json(os.path.join(self.path, _MANIFEST), self.created)
 
     def remove_placeholders(self) -> list[str]:
         """Remove the placeholders that are still empty and still ours.
@@ -146,10 +148,10 @@ class RunDir:
         Returns those left in place because something was written into them
         (from the host: the sandbox could not write there).
         """
-        manifest = self.path / _MANIFEST
-        if not self.created and manifest.exists():
+        manifest = os.path.join(self.path, _MANIFEST)
+        if not self.created and os.path.exists(manifest):
             try:
-                self.created = [tuple(x) for x in json.loads(manifest.read_text())]
+                self.created = [tuple(x) for x in _read_json(manifest)]
             except (OSError, ValueError):
                 self.created = []
         kept: list[str] = []
@@ -179,20 +181,18 @@ class RunDir:
 
     def record_uses(self, paths: list[str]) -> None:
         """Say which protected paths this run holds with mounts."""
-        tmp = self.path / (_USES + ".tmp")
-        tmp.write_text(json.dumps(sorted(set(paths))))
-        os.replace(tmp, self.path / _USES)
+        _write_json(os.path.join(self.path, _USES), sorted(set(paths)))
 
     def _held_by_others(self) -> set[str]:
         held: set[str] = set()
-        root = self.path.parent
-        for entry in root.iterdir() if root.is_dir() else ():
-            if entry == self.path or not entry.name.startswith("run-"):
+        root, own = os.path.split(self.path)
+        for name in _runs(root):
+            if name == own:
                 continue
             try:
-                if not _pid_alive(int(entry.name.split("-")[1])):
+                if not _pid_alive(int(name.split("-")[1])):
                     continue
-                held.update(json.loads((entry / _USES).read_text()))
+                held.update(_read_json(os.path.join(root, name, _USES)))
             except (OSError, ValueError, IndexError):
                 continue
         return held
@@ -200,3 +200,16 @@ class RunDir:
     def remove(self) -> None:
         self.remove_placeholders()
         shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _write_json(path: str, value: object) -> None:
+    """Write ``value`` as JSON to ``path`` atomically (a rename)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(value, f)
+    os.replace(tmp, path)
+
+
+def _read_json(path: str) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)

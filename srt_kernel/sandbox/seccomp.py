@@ -94,16 +94,13 @@ architecture :func:`build_filter` and :func:`apply` raise
 
 from __future__ import annotations
 
-import ctypes
 import errno
-import logging
 import os
-import platform
 import struct
 from collections.abc import Sequence
-from typing import NamedTuple
 
 from srt_kernel.errors import SeccompError
+from srt_kernel.log import get_logger
 
 __all__ = [
     "ARCHES",
@@ -117,16 +114,31 @@ __all__ = [
     "write_program",
 ]
 
-logger = logging.getLogger(__name__)
+logger = get_logger(__name__)
 
 
-class Instruction(NamedTuple):
-    """One classic-BPF instruction, laid out like ``struct sock_filter``."""
+# Not typing.TYPE_CHECKING: this module is imported by the sandbox's first
+# process, whose start-up the command waits for; typing is a cost it avoids.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import ctypes
+    from typing import NamedTuple
 
-    code: int
-    jt: int
-    jf: int
-    k: int
+    class Instruction(NamedTuple):
+        """One classic-BPF instruction, laid out like ``struct sock_filter``."""
+
+        code: int
+        jt: int
+        jf: int
+        k: int
+
+else:
+    from collections import namedtuple
+
+    Instruction = namedtuple("Instruction", "code jt jf k")
+    Instruction.__doc__ = (
+        "One classic-BPF instruction, laid out like ``struct sock_filter``."
+    )
 
 
 # Classic BPF opcodes (linux/bpf_common.h, linux/filter.h).
@@ -313,7 +325,7 @@ def host_arch() -> str:
     support, including a 32-bit Python on a 64-bit kernel (its syscalls use
     another ABI).
     """
-    machine = platform.machine()
+    machine = os.uname().machine
     arch = _MACHINE_ALIASES.get(machine.lower())
     if arch is None:
         raise SeccompError(
@@ -535,10 +547,6 @@ def disassemble(program: Sequence[Instruction]) -> list[str]:
 # ----------------------------------------------------------------- IO edge
 
 
-class _SockFprog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
-
-
 _SECCOMP_ERRNO_MEANING = {
     errno.EACCES: (
         "the process has neither CAP_SYS_ADMIN nor no_new_privs set, so the "
@@ -571,6 +579,9 @@ def _errno_text(err: int) -> str:
 
 
 def _libc() -> ctypes.CDLL:
+    # ctypes only here: the launcher writes programs without applying them
+    import ctypes
+
     try:
         return ctypes.CDLL(None, use_errno=True)
     except OSError as exc:
@@ -606,6 +617,11 @@ def apply(program: Sequence[Instruction], *, tsync: bool = False) -> None:
     filtered.  The filter cannot be removed.  Any failure raises
     :class:`SeccompError` naming the errno and what it means.
     """
+    import ctypes
+
+    class SockFprog(ctypes.Structure):  # struct sock_fprog
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
     arch = host_arch()
     _check_program_arch(program, arch)
     blob = assemble(program)
@@ -626,7 +642,7 @@ def apply(program: Sequence[Instruction], *, tsync: bool = False) -> None:
         )
 
     buffer = ctypes.create_string_buffer(blob, len(blob))
-    fprog = _SockFprog(len(program), ctypes.cast(buffer, ctypes.c_void_p))
+    fprog = SockFprog(len(program), ctypes.cast(buffer, ctypes.c_void_p))
     flags = SECCOMP_FILTER_FLAG_TSYNC if tsync else 0
     libc.syscall.restype = ctypes.c_long
     result = libc.syscall(
@@ -724,6 +740,8 @@ def supported() -> tuple[bool, str]:
             "This kernel was built without seccomp (no Seccomp: line in "
             "/proc/self/status); use a kernel with CONFIG_SECCOMP_FILTER."
         )
+
+    import ctypes
 
     libc = _libc()
     libc.syscall.restype = ctypes.c_long
