@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 from collections.abc import Callable, Sequence
 
@@ -205,6 +204,31 @@ SUBCOMMANDS: dict[str, tuple[str, str | None, AddOptions]] = {
 }
 
 
+class _Formatter(argparse.HelpFormatter):
+    """argparse's help formatter, sized to the terminal without shutil.
+
+    argparse imports shutil to measure the terminal whenever it builds a
+    formatter, which it does for every option added; that import (with the
+    compression modules shutil brings) would cost every run.
+    """
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, width=_terminal_columns() - 2)
+
+
+def _terminal_columns() -> int:
+    """$COLUMNS, else the width of the terminal on stdout, else 80."""
+    try:
+        return int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        pass
+    stdout = sys.__stdout__
+    try:
+        return os.get_terminal_size(stdout.fileno()).columns if stdout else 80
+    except (ValueError, OSError):
+        return 80
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The command line's parser; with ``only``, for that command alone.
 
@@ -214,6 +238,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """
     parser = argparse.ArgumentParser(
         prog="srt-kernel",
+        formatter_class=_Formatter,
         description="Run untrusted code in an OS sandbox (bubblewrap) whose only "
         "way out is a filtering proxy.",
     )
@@ -223,7 +248,13 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help_line, description, add_options) in SUBCOMMANDS.items():
         if only is None or only == name:
-            add_options(sub.add_parser(name, help=help_line, description=description))
+            command = sub.add_parser(
+                name,
+                help=help_line,
+                description=description,
+                formatter_class=_Formatter,
+            )
+            add_options(command)
     return parser
 
 
@@ -266,7 +297,9 @@ def _command_from_args(args: argparse.Namespace) -> list[str]:
                 value=args.shell,
                 source="command line",
             )
-        shell = shutil.which("bash") or "/bin/sh"
+        from srt_kernel.sandbox.bwrap import which
+
+        shell = which("bash") or "/bin/sh"
         return [shell, "-c", args.shell]
     if not argv:
         raise PolicyError(

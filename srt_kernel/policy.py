@@ -255,19 +255,28 @@ class FilesystemPolicy(Record):
 
     def readable(self, path: str) -> bool:
         """Whether ``path`` (absolute, normalised) may be read."""
-        deny = _deepest_ancestor(self.deny_read, path)
+        deny = _deepest_ancestor(self._set("deny_read"), path)
         if deny is None:
             return True
-        allow = _deepest_ancestor(self.allow_read, path)
+        allow = _deepest_ancestor(self._set("allow_read"), path)
         return allow is not None and _depth(allow) > _depth(deny)
 
     def writable(self, path: str) -> bool:
         """Whether ``path`` (absolute, normalised) may be written."""
         if not self.readable(path):
             return False
-        if _deepest_ancestor(self.allow_write, path) is None:
+        if _deepest_ancestor(self._set("allow_write"), path) is None:
             return False
-        return _deepest_ancestor(self.deny_write, path) is None
+        return _deepest_ancestor(self._set("deny_write"), path) is None
+
+    def _set(self, name: str) -> frozenset[str]:
+        """The rule paths of field ``name`` as a set, made once per policy."""
+        # the policy is frozen; its own __dict__ holds this derived cache
+        sets: dict[str, frozenset[str]] = self.__dict__.setdefault("_sets", {})
+        found = sets.get(name)
+        if found is None:
+            found = sets[name] = frozenset(getattr(self, name))
+        return found
 
     def source_of(self, path: str) -> str:
         """Where the rule that decides ``path`` came from, or ``""``."""
@@ -316,12 +325,20 @@ def is_within(path: str, root: str) -> bool:
     return path == root or path.startswith(root + "/")
 
 
-def _deepest_ancestor(roots: Iterable[str], path: str) -> str | None:
-    best: str | None = None
-    for root in roots:
-        if is_within(path, root) and (best is None or _depth(root) > _depth(best)):
-            best = root
-    return best
+def _deepest_ancestor(roots: frozenset[str], path: str) -> str | None:
+    """The deepest of ``roots`` that ``path`` is or is below, if any.
+
+    Walks up from ``path``, one set lookup per level: plans ask this for
+    every path they mount, against every rule.
+    """
+    if not roots:
+        return None
+    while True:
+        if path in roots:
+            return path
+        if path == "/":
+            return None
+        path = path[: path.rfind("/")] or "/"
 
 
 def normalize_path(text: object, *, context: Context, field: str, source: str) -> str:

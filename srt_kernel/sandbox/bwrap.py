@@ -20,9 +20,7 @@ import fcntl
 import json
 import os
 import select
-import shutil
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -44,6 +42,7 @@ from srt_kernel.sandbox.rundir import RunDir
 # Not typing.TYPE_CHECKING: importing typing costs the launcher's start-up.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import socket
     from typing import IO, Any
 
     from srt_kernel.proxy.server import ProxyServer
@@ -54,9 +53,29 @@ logger = get_logger(__name__)
 SANDBOX_FAILED = 125
 
 
+def which(name: str, path: str | None = None) -> str | None:
+    """The executable ``name`` would run, searched on ``path`` (or $PATH).
+
+    ``shutil.which`` for POSIX, here because importing shutil (and the
+    compression modules it brings) would cost every run a millisecond or two.
+    """
+    if "/" in name:
+        return name if _executable(name) else None
+    search = os.environ.get("PATH", os.defpath) if path is None else path
+    for folder in search.split(os.pathsep):
+        candidate = os.path.join(folder or ".", name)
+        if _executable(candidate):
+            return candidate
+    return None
+
+
+def _executable(path: str) -> bool:
+    return os.access(path, os.X_OK) and not os.path.isdir(path)
+
+
 def find_bwrap() -> str:
     """The bubblewrap executable, or :class:`SandboxUnavailable` with the fix."""
-    path = shutil.which("bwrap")
+    path = which("bwrap")
     if path is None:
         from srt_kernel import doctor
 
@@ -182,10 +201,7 @@ class Sandbox(Record, frozen=False):
         """
         plan = self.plan or self.prepare()
         assert self.run is not None
-        if (
-            plan.direct
-            and shutil.which(self.command[0], path=plan.env.get("PATH")) is None
-        ):
+        if plan.direct and which(self.command[0], path=plan.env.get("PATH")) is None:
             self.close()
             raise CommandNotFound(self.command[0])
         try:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import stat
 
 from srt_kernel.errors import SandboxError
@@ -199,7 +198,7 @@ class RunDir(Record, frozen=False):
 
     def remove(self) -> None:
         self.remove_placeholders()
-        shutil.rmtree(self.path, ignore_errors=True)
+        _remove_tree(self.path)
 
 
 def _write_json(path: str, value: object) -> None:
@@ -213,3 +212,29 @@ def _write_json(path: str, value: object) -> None:
 def _read_json(path: str) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def _remove_tree(path: str) -> None:
+    """Remove a run directory; ``shutil.rmtree`` only when it holds folders.
+
+    A one-shot run's directory holds a few files, and importing shutil
+    (with its compression modules) would cost every run a millisecond or
+    two; folders (the kernel's, the magic's) get rmtree's careful walk.
+    """
+    try:
+        with os.scandir(path) as entries:
+            found = list(entries)
+    except FileNotFoundError:
+        return
+    except OSError:
+        found = None
+    if found is None or any(e.is_dir(follow_symlinks=False) for e in found):
+        import shutil
+
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    for entry in found:
+        with contextlib.suppress(OSError):
+            os.unlink(entry.path)
+    with contextlib.suppress(OSError):
+        os.rmdir(path)
