@@ -31,15 +31,19 @@ import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal, TextIO
 
 from srt_kernel.log import get_logger
 from srt_kernel.record import Record, as_dict
 
 logger = get_logger(__name__)
 
-Protocol_ = Literal["http", "connect", "socks5"]
-DecisionWord = Literal["allow", "deny"]
+# Not typing.TYPE_CHECKING: importing typing costs the kernel's start-up.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Literal, TextIO
+
+    Protocol_ = Literal["http", "connect", "socks5"]
+    DecisionWord = Literal["allow", "deny"]
 
 
 class AuditEvent(Record):

@@ -18,7 +18,6 @@ The policy arithmetic here is pure; :class:`ApprovalStore` is the IO edge.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -36,6 +35,8 @@ SYSTEM_CEILING = Path("/etc/srt-kernel/ceiling.json")
 
 def request_hash(metadata: object) -> str:
     """A stable hash of a notebook's ``"sandbox"`` metadata."""
+    import hashlib  # here: it loads OpenSSL, which the kernel's start need not wait for
+
     canonical = json.dumps(metadata, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 

@@ -23,12 +23,9 @@ srt-kernel's data folder, which the sandbox can neither read nor write.
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import datetime
-import hashlib
 import json
-import logging
 import os
 import shlex
 import signal
@@ -38,7 +35,6 @@ import threading
 import time
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
 
 from srt_kernel import locations
 from srt_kernel import policy as pol
@@ -53,18 +49,24 @@ from srt_kernel.hosts import HostPattern, parse_pattern
 from srt_kernel.kernel import report
 from srt_kernel.kernel.connection import CHANNELS, Connection
 from srt_kernel.kernel.notebook import PolicyState, find_notebook, notebook_policy
+from srt_kernel.log import configure as configure_logging
+from srt_kernel.log import get_logger
 from srt_kernel.record import Record, field, replace
 from srt_kernel.sandbox.bwrap import Sandbox
 from srt_kernel.sandbox.plan import RUN_INSIDE
 from srt_kernel.sandbox.rundir import RunDir
 
+# Not typing.TYPE_CHECKING: importing typing costs the kernel's start-up.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     # the relay (ZeroMQ) is imported while the inner kernel starts up
     from srt_kernel.kernel.checks import Request
     from srt_kernel.kernel.messages import Message
     from srt_kernel.kernel.relay import Output, Relay
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 KERNEL_INSIDE = RUN_INSIDE + "/kernel"
 PACKAGES_INSIDE = RUN_INSIDE + "/packages"
@@ -95,6 +97,8 @@ def vscode_notebook(code: str) -> Path | None:
     """
     if "__vsc_ipynb_file__" not in code:
         return None
+    import ast  # only for this rare request: ast is slow to import
+
     try:
         tree = ast.parse(code)
     except SyntaxError:
@@ -251,6 +255,8 @@ class Supervisor:
         srt-kernel's data folder: outside every writable root, so nothing
         but this kernel's sandbox, where it is mounted, can write it.
         """
+        import hashlib  # here: it loads OpenSSL, which start-up need not wait for
+
         key = str(self.notebook) if self.notebook else self.cwd
         digest = hashlib.sha256(key.encode()).hexdigest()[:16]
         folder = Path(locations.data_dir()) / "packages" / digest
@@ -269,8 +275,14 @@ class Supervisor:
         )
         return replace(policy, protected=policy.protected + extra)
 
-    def _launch(self) -> tuple[Sandbox, Connection]:
-        """Start a sandbox with the inner kernel; return it when it is ready."""
+    def _launch(
+        self, while_starting: Callable[[], None] | None = None
+    ) -> tuple[Sandbox, Connection]:
+        """Start a sandbox with the inner kernel; return it when it is ready.
+
+        ``while_starting`` runs once the inner kernel is starting, before
+        waiting for it.
+        """
         policy = self._notebook_protection(self.state.policy)
         run = RunDir.create(locations.runtime_root())
         kernel_dir = Path(run.path) / "kernel"
@@ -325,6 +337,8 @@ class Supervisor:
             )
             # while the inner kernel starts up: no cell can run before the relay
             sandbox.start_proxy()
+            if while_starting is not None:
+                while_starting()
             self._wait_for_sockets(inner, process)
         except BaseException:
             sandbox.close()
@@ -333,27 +347,35 @@ class Supervisor:
         return sandbox, inner
 
     def start(self) -> None:
-        """Start the proxy, the sandbox and the relay; raise on any failure."""
-        # The frontend's ports first: its connections are made while the
-        # sandbox starts.  The inner side is filled in once it is ready.
-        from srt_kernel.kernel.relay import Relay
+        """Start the sandbox, the proxy and the relay; raise on any failure."""
+        relays: list[Relay] = []
 
-        placeholder = Connection(
-            "ipc", "", dict.fromkeys(CHANNELS, 0), os.urandom(32).hex().encode()
-        )
-        relay = Relay(
-            self.frontend,
-            placeholder,
-            allow_active_output=self.state.policy.allow_active_output,
-            banner=banner(self.state, self.notebook),
-            on_request=self._on_request,
-            on_output=self._on_output,
-            on_cleaned=self._on_cleaned,
-            on_reply=self._on_reply,
-            on_idle=self._on_idle,
-        )
-        relay.bind_frontend()
-        self.sandbox, inner = self._launch()
+        def bind_frontend() -> None:
+            # While the inner kernel starts up: the frontend's ports are
+            # bound (and ZeroMQ imported) before anything can flow, and the
+            # frontend's early connections wait in ZeroMQ's queues.  The
+            # inner side is filled in once the inner kernel is ready.
+            from srt_kernel.kernel.relay import Relay
+
+            placeholder = Connection(
+                "ipc", "", dict.fromkeys(CHANNELS, 0), os.urandom(32).hex().encode()
+            )
+            relay = Relay(
+                self.frontend,
+                placeholder,
+                allow_active_output=self.state.policy.allow_active_output,
+                banner=banner(self.state, self.notebook),
+                on_request=self._on_request,
+                on_output=self._on_output,
+                on_cleaned=self._on_cleaned,
+                on_reply=self._on_reply,
+                on_idle=self._on_idle,
+            )
+            relay.bind_frontend()
+            relays.append(relay)
+
+        self.sandbox, inner = self._launch(while_starting=bind_frontend)
+        relay = relays[0]
         relay.use_inner(inner)
         self.relay = relay
         relay.start()
@@ -708,7 +730,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 2 or args[0] != "-f":
         print("usage: python -m srt_kernel.kernel -f CONNECTION_FILE", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.WARNING, format="srt-kernel: %(message)s")
+    configure_logging(level="WARNING", format="srt-kernel: %(message)s")
     supervisor: Supervisor | None = None
     try:
         supervisor = Supervisor(args[1])

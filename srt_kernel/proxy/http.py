@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 
 from tornado import httputil
 
-from srt_kernel.audit import AuditLog, Protocol_
+from srt_kernel.audit import AuditLog
 from srt_kernel.errors import HostError
 from srt_kernel.hosts import Host, IPAddress, parse_host
 from srt_kernel.log import get_logger
@@ -51,6 +51,11 @@ from srt_kernel.proxy.resolver import (
     StaticResolver,
 )
 from srt_kernel.record import Record, replace
+
+# Not typing.TYPE_CHECKING, as in the rest of the package.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from srt_kernel.audit import Protocol_
 
 logger = get_logger(__name__)
 

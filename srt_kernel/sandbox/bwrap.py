@@ -373,12 +373,18 @@ class Sandbox(Record, frozen=False):
         With ``include_links``, also a symlink put where a protected path of
         the policy (the notebook's save copy, say) was, or is expected.
         """
+        placeholders = {p for p, _ in (self.plan.placeholders if self.plan else ())}
+        # most names found are the launch's own (placeholders, names that
+        # were there): only the others are resolved, after every cell
+        known = self.protected_before | placeholders
         after: set[str] = set()
         skip = set(self.policy.protected)
         for root in self.policy.filesystem.allow_write:
             if os.path.isdir(root):
                 after.update(
-                    os.path.realpath(p) for p in fsfacts.scan_protected(root, skip)
+                    os.path.realpath(p)
+                    for p in fsfacts.scan_protected(root, skip)
+                    if p not in known
                 )
         if include_links:
             after.update(
@@ -388,8 +394,7 @@ class Sandbox(Record, frozen=False):
                 and os.path.islink(p)
                 and any(is_within(p, r) for r in self.policy.filesystem.allow_write)
             )
-        placeholders = {p for p, _ in (self.plan.placeholders if self.plan else ())}
-        return sorted(after - self.protected_before - placeholders)
+        return sorted(after - known)
 
     def lost_protection(self) -> list[str]:
         """Protected paths whose mount is gone since launch.
