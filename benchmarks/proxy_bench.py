@@ -4,7 +4,8 @@ Run ``.venv/bin/python benchmarks/proxy_bench.py``.  It prints a table and
 writes ``benchmarks/results/proxy.json``.  Measured in one run, through the
 proxy's CONNECT tunnel and directly, to local sink/source servers:
 
-* throughput of one tunnel moving 1 GiB up, and 1 GiB down;
+* throughput of one tunnel moving 1 GiB up, and 1 GiB down, in rounds of
+  one direct and one proxied run (3 by default; medians are reported);
 * connection set-ups per second (connect, CONNECT, one byte each way);
 * 1,000 concurrent tunnels each moving 64 KiB, all completing without error;
 * srt's proxy, if ``npm install @anthropic-ai/sandbox-runtime`` works and
@@ -18,9 +19,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import resource
 import shutil
 import socket
+import statistics
 import struct
 import subprocess
 import sys
@@ -36,7 +39,6 @@ sys.path.insert(0, str(ROOT))
 
 from srt_kernel.hosts import parse_pattern  # noqa: E402
 from srt_kernel.policy import NetworkPolicy  # noqa: E402
-from srt_kernel.proxy.http import splice_available  # noqa: E402
 from srt_kernel.proxy.resolver import StaticResolver  # noqa: E402
 from srt_kernel.proxy.server import ProxyServer  # noqa: E402
 
@@ -47,56 +49,83 @@ BLOCK = 1 << 20
 # -- the local sink/source server ------------------------------------------------
 
 
-async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """'U': count bytes to EOF, reply the count; 'D'+n: send n bytes; 'P': pong."""
+async def _recv_exactly(sock: socket.socket, count: int) -> bytes:
+    loop = asyncio.get_running_loop()
+    data = b""
+    while len(data) < count:
+        piece = await loop.sock_recv(sock, count - len(data))
+        if not piece:
+            raise ConnectionError("the client closed early")
+        data += piece
+    return data
+
+
+async def _serve(sock: socket.socket) -> None:
+    """'U': count bytes to EOF, reply the count; 'D'+n: send n bytes; 'P': pong.
+
+    Both directions use the loop's socket calls on one 1 MiB buffer, so the
+    sink copies nothing in Python and costs the same up and down: the
+    clients below do the same with blocking calls.
+    """
+    loop = asyncio.get_running_loop()
     try:
-        mode = await reader.readexactly(1)
+        mode = await _recv_exactly(sock, 1)
         if mode == b"U":
+            buffer = bytearray(BLOCK)
             total = 0
-            while chunk := await reader.read(BLOCK):
-                total += len(chunk)
-            writer.write(struct.pack("!Q", total))
+            while count := await loop.sock_recv_into(sock, buffer):
+                total += count
+            await loop.sock_sendall(sock, struct.pack("!Q", total))
         elif mode == b"D":
-            (count,) = struct.unpack("!Q", await reader.readexactly(8))
-            block = b"\0" * BLOCK
+            (count,) = struct.unpack("!Q", await _recv_exactly(sock, 8))
+            block = memoryview(bytes(BLOCK))
             while count:
                 piece = block[: min(count, BLOCK)]
-                writer.write(piece)
-                await writer.drain()
+                await loop.sock_sendall(sock, piece)
                 count -= len(piece)
         elif mode == b"P":
-            writer.write(b"p")
-        await writer.drain()
-    except (ConnectionError, asyncio.IncompleteReadError):
+            await loop.sock_sendall(sock, b"p")
+    except OSError:
         pass
     finally:
-        writer.close()
+        sock.close()
+
+
+async def _accept(listener: socket.socket) -> None:
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[None]] = set()
+    while True:
+        conn, _address = await loop.sock_accept(listener)
+        conn.setblocking(False)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        task = loop.create_task(_serve(conn))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
 
 def start_sink() -> tuple[int, Callable[[], None]]:
+    listener = socket.create_server(("127.0.0.1", 0), backlog=2048)
+    listener.setblocking(False)
     loop = asyncio.new_event_loop()
-    started = threading.Event()
-    holder: dict[str, Any] = {}
 
     def run() -> None:
         asyncio.set_event_loop(loop)
-        server = loop.run_until_complete(
-            asyncio.start_server(_serve, "127.0.0.1", 0, backlog=2048)
-        )
-        holder["port"] = server.sockets[0].getsockname()[1]
-        started.set()
+        tasks = {loop.create_task(_accept(listener))}
         loop.run_forever()
-        server.close()
+        tasks |= asyncio.all_tasks(loop)
+        for task in tasks:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        listener.close()
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    started.wait()
 
     def stop() -> None:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
 
-    return int(holder["port"]), stop
+    return int(listener.getsockname()[1]), stop
 
 
 # -- clients --------------------------------------------------------------
@@ -160,6 +189,62 @@ def download(target: int, proxy: int | None, size: int) -> float:
     if got != size:
         raise RuntimeError(f"received {got} of {size} bytes")
     return size / elapsed
+
+
+def _machine_busy() -> float | None:
+    """CPU-seconds the whole machine has spent busy (Linux /proc/stat)."""
+    try:
+        with open("/proc/stat", encoding="ascii") as stat:
+            ticks = [int(v) for v in stat.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def compare(
+    func: Callable[[int, int | None, int], float],
+    target: int,
+    proxy: int,
+    size: int,
+    repeat: int,
+) -> dict[str, Any]:
+    """``repeat`` rounds of one direct and one proxied run, in turn first.
+
+    The machine may be busy with other work: each round's ratio compares
+    two runs made one after the other, the medians are reported, and so is
+    the share of the machine's CPU that other processes used in each round.
+    """
+    directs, proxied, ratios, other_load = [], [], [], []
+    for round_ in range(repeat):
+        busy, own, start = _machine_busy(), _own_cpu(), time.perf_counter()
+        if round_ % 2:
+            through = func(target, proxy, size)
+            direct = func(target, None, size)
+        else:
+            direct = func(target, None, size)
+            through = func(target, proxy, size)
+        directs.append(direct)
+        proxied.append(through)
+        ratios.append(through / direct)
+        busy_after = _machine_busy()
+        if busy is not None and busy_after is not None:
+            others = busy_after - busy - (_own_cpu() - own)
+            elapsed = time.perf_counter() - start
+            other_load.append(
+                round(max(0.0, others) / elapsed / (os.cpu_count() or 1), 2)
+            )
+    return {
+        "direct_MBps": round(statistics.median(directs) / 1e6, 1),
+        "proxy_MBps": round(statistics.median(proxied) / 1e6, 1),
+        "ratio": round(statistics.median(ratios), 3),
+        "ratios": [round(r, 3) for r in ratios],
+        "other_load": other_load,
+    }
 
 
 def setups_per_second(target: int, proxy: int | None, seconds: float) -> float:
@@ -296,6 +381,9 @@ def try_srt(target: int, size: int, setup_seconds: float) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=GIB, help="bytes per tunnel run")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="rounds of each throughput pair"
+    )
     parser.add_argument("--tunnels", type=int, default=1000)
     parser.add_argument("--setup-seconds", type=float, default=3.0)
     parser.add_argument("--skip-srt", action="store_true")
@@ -312,21 +400,23 @@ def main() -> int:
     proxy = ProxyServer(net, resolver=StaticResolver({}), tcp=True)
     proxy.start()
     port = proxy.http_port
-    results: dict[str, Any] = {"splice": splice_available(), "size": args.size}
+    results: dict[str, Any] = {"size": args.size, "repeat": args.repeat}
     try:
-        rows = []
+        rows: list[tuple[str, float, float, float]] = []
         for label, func in (("upload", upload), ("download", download)):
-            direct = func(target, None, args.size)
-            proxied = func(target, port, args.size)
-            rows.append((f"1 tunnel, {label} MB/s", direct / 1e6, proxied / 1e6))
-            results[label] = {
-                "direct_MBps": round(direct / 1e6, 1),
-                "proxy_MBps": round(proxied / 1e6, 1),
-                "ratio": round(proxied / direct, 3),
-            }
+            result = compare(func, target, port, args.size, args.repeat)
+            results[label] = result
+            rows.append(
+                (
+                    f"1 tunnel, {label} MB/s",
+                    result["direct_MBps"],
+                    result["proxy_MBps"],
+                    result["ratio"],
+                )
+            )
         direct = setups_per_second(target, None, args.setup_seconds)
         proxied = setups_per_second(target, port, args.setup_seconds)
-        rows.append(("connection set-ups / s", direct, proxied))
+        rows.append(("connection set-ups / s", direct, proxied, proxied / direct))
         results["setups"] = {
             "direct_per_s": round(direct, 1),
             "proxy_per_s": round(proxied, 1),
@@ -343,15 +433,18 @@ def main() -> int:
         stop_sink()
 
     print(f"{'measure':<28}{'direct':>12}{'proxy':>12}{'ratio':>8}")
-    for name, direct_value, proxy_value in rows:
-        ratio = proxy_value / direct_value
+    for name, direct_value, proxy_value, ratio in rows:
         print(f"{name:<28}{direct_value:>12.1f}{proxy_value:>12.1f}{ratio:>8.2f}")
     c = results["concurrent"]
     print(
         f"{c['tunnels']} concurrent tunnels x {c['bytes_each']} B: "
         f"{c['errors']} errors in {c['seconds']} s"
     )
-    print(f"splice used: {results['splice']}")
+    for label in ("upload", "download"):
+        rounds = results[label]
+        ratios = " ".join(f"{r:.2f}" for r in rounds["ratios"])
+        load = " ".join(f"{round(100 * v)}%" for v in rounds["other_load"])
+        print(f"{label} ratio of each round: {ratios}  (CPU used by others: {load})")
     srt = results["srt"]
     print(f"srt: {srt['status']}")
     if "upload_MBps" in srt:

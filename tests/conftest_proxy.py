@@ -356,6 +356,17 @@ def raw_exchange(port: int, data: bytes, *, until_close: bool = True) -> bytes:
         return b"".join(chunks)
 
 
+def recv_exact(sock: socket.socket, count: int) -> bytes:
+    """Exactly ``count`` bytes from ``sock``; ConnectionError if it closes first."""
+    data = b""
+    while len(data) < count:
+        piece = sock.recv(count - len(data))
+        if not piece:
+            raise ConnectionError(f"closed after {data[:80]!r}")
+        data += piece
+    return data
+
+
 def read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
     """Read one Content-Length framed HTTP response from ``sock``."""
     data = b""

@@ -17,6 +17,7 @@ from tests.conftest_proxy import (
     policy,
     proxy,
     read_response,
+    recv_exact,
     seen_connections,
     start_proxy,
     start_upstream,
@@ -24,16 +25,6 @@ from tests.conftest_proxy import (
 )
 
 __all__ = ["other_upstream", "proxy", "upstream"]  # fixtures used by name
-
-
-def recv_exact(sock: socket.socket, count: int) -> bytes:
-    data = b""
-    while len(data) < count:
-        piece = sock.recv(count - len(data))
-        if not piece:
-            raise ConnectionError(f"closed after {data!r}")
-        data += piece
-    return data
 
 
 def socks_request(

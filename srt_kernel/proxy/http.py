@@ -5,9 +5,8 @@ Layers, bottom up:
 * :class:`SockReader`: a buffered reader over a non-blocking socket on the
   running event loop, with hard limits on line and head sizes.
 * :func:`dial` and :func:`relay`: connect to exactly one checked address,
-  and move a tunnel's bytes in both directions.  :func:`relay` uses
-  ``os.splice`` through a pipe, so the bytes never enter Python; where
-  splice is missing it falls back to a copy loop.
+  and move a tunnel's bytes in both directions, through a buffer per
+  direction that grows while the tunnel is busy (see :func:`_pump`).
 * :class:`Gate`: judges one connection (decision core, one lookup,
   audit event) against the policy current at that moment.
 * :func:`serve_http`: one client connection of the HTTP proxy.  ``CONNECT``
@@ -28,6 +27,7 @@ import errno
 import os
 import re
 import socket
+import threading
 from collections.abc import Collection
 from urllib.parse import urlsplit
 
@@ -66,7 +66,8 @@ MAX_LINE = 8 * 1024
 HEAD_TIMEOUT = 120.0
 CONNECT_TIMEOUT = 30.0
 CHUNK = 256 * 1024
-PIPE_SIZE = 1024 * 1024
+TUNNEL_BUFFER_MIN = 16 * 1024
+TUNNEL_BUFFER_MAX = 4 * 1024 * 1024
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 1024 * 1024
 
@@ -176,7 +177,44 @@ async def dial(address: IPAddress, port: int) -> socket.socket:
     return sock
 
 
-async def _wait(fd: int, *, write: bool) -> None:
+class _BufferPool:
+    """Spare tunnel buffers by size, for the tunnels of one event loop.
+
+    A pump hands its buffer back whenever it has to wait for input, so an
+    idle tunnel holds none, and a busy one takes a buffer back without
+    allocating and zero-filling it again.  At most ``limit`` bytes are kept.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._spare: dict[int, list[bytearray]] = {}
+        self._limit = limit
+        self._kept = 0
+
+    def take(self, size: int) -> bytearray:
+        spare = self._spare.get(size)
+        if not spare:
+            return bytearray(size)
+        self._kept -= size
+        return spare.pop()
+
+    def give(self, buffer: bytearray) -> None:
+        if self._kept + len(buffer) <= self._limit:
+            self._spare.setdefault(len(buffer), []).append(buffer)
+            self._kept += len(buffer)
+
+
+_pools = threading.local()
+
+
+def _buffer_pool() -> _BufferPool:
+    """The pool of the calling thread, which runs one proxy event loop."""
+    pool: _BufferPool | None = getattr(_pools, "pool", None)
+    if pool is None:
+        pool = _pools.pool = _BufferPool(4 * TUNNEL_BUFFER_MAX)
+    return pool
+
+
+async def _readable(sock: socket.socket) -> None:
     loop = asyncio.get_running_loop()
     future: asyncio.Future[None] = loop.create_future()
 
@@ -184,106 +222,73 @@ async def _wait(fd: int, *, write: bool) -> None:
         if not future.done():
             future.set_result(None)
 
-    if write:
-        loop.add_writer(fd, ready)
-    else:
-        loop.add_reader(fd, ready)
+    loop.add_reader(sock.fileno(), ready)
     try:
         await future
     finally:
-        if write:
-            loop.remove_writer(fd)
-        else:
-            loop.remove_reader(fd)
+        loop.remove_reader(sock.fileno())
 
 
-_SPLICE = getattr(os, "splice", None)
-_SPLICE_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
+async def _pump(src: socket.socket, dst: socket.socket) -> None:
+    """Copy ``src`` to ``dst`` until end of file, then half-close ``dst``.
 
-
-async def _pump_splice(src: socket.socket, dst: socket.socket) -> None:
-    assert _SPLICE is not None
-    read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        try:
-            import fcntl
-
-            fcntl.fcntl(write_end, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_SIZE)
-        except OSError:
-            logger.debug("could not enlarge the tunnel pipe; using its default size")
-        src_fd, dst_fd = src.fileno(), dst.fileno()
-        in_pipe = 0
-        eof = False
-        while not eof or in_pipe:
-            if not eof:
-                try:
-                    moved = _SPLICE(src_fd, write_end, PIPE_SIZE, flags=_SPLICE_FLAGS)
-                except BlockingIOError:
-                    moved = -1
-                if moved == 0:
-                    eof = True
-                elif moved > 0:
-                    in_pipe += moved
-                elif not in_pipe:
-                    await _wait(src_fd, write=False)
-                    continue
-            if in_pipe:
-                try:
-                    sent = _SPLICE(read_end, dst_fd, in_pipe, flags=_SPLICE_FLAGS)
-                except BlockingIOError:
-                    await _wait(dst_fd, write=True)
-                    continue
-                in_pipe -= sent
-    finally:
-        os.close(read_end)
-        os.close(write_end)
-
-
-async def _pump_copy(src: socket.socket, dst: socket.socket) -> None:
+    Each read takes the bytes waiting, up to the buffer's size, and each
+    write passes them on at once.  A read that fills the buffer doubles it,
+    up to TUNNEL_BUFFER_MAX: a bulk transfer then moves megabytes per system
+    call and wakes its two peers seldom, while a quiet tunnel uses a small
+    buffer, and one waiting for input none (see :class:`_BufferPool`).  A
+    pump that moved TUNNEL_BUFFER_MAX bytes without waiting for input yields
+    to the loop, so a tunnel whose ends never make it wait cannot starve the
+    other connections.
+    """
     loop = asyncio.get_running_loop()
-    buffer = bytearray(CHUNK)
-    view = memoryview(buffer)
-    while True:
-        count = await loop.sock_recv_into(src, buffer)
-        if not count:
-            return
-        await loop.sock_sendall(dst, view[:count])
-
-
-async def _pump(src: socket.socket, dst: socket.socket, use_splice: bool) -> None:
+    pool = _buffer_pool()
+    size = TUNNEL_BUFFER_MIN
+    buffer: bytearray | None = None
+    unyielded = 0
     try:
-        if use_splice:
-            await _pump_splice(src, dst)
-        else:
-            await _pump_copy(src, dst)
+        while True:
+            if buffer is None:
+                buffer = pool.take(size)
+            try:
+                count = src.recv_into(buffer)
+            except BlockingIOError:
+                pool.give(buffer)
+                buffer = None
+                unyielded = 0
+                await _readable(src)
+                continue
+            if not count:
+                return
+            await loop.sock_sendall(dst, memoryview(buffer)[:count])
+            if count == size and size < TUNNEL_BUFFER_MAX:
+                pool.give(buffer)
+                buffer = None
+                size *= 2
+            unyielded += count
+            if unyielded >= TUNNEL_BUFFER_MAX:
+                unyielded = 0
+                await asyncio.sleep(0)
     finally:
+        if buffer is not None:
+            pool.give(buffer)
         try:
             dst.shutdown(socket.SHUT_WR)
         except OSError:
             logger.debug("peer already gone when half-closing the tunnel")
 
 
-def splice_available() -> bool:
-    """Whether tunnels can move bytes with ``os.splice``."""
-    return _SPLICE is not None and hasattr(os, "pipe2")
-
-
 async def relay(
-    client: socket.socket,
-    upstream: socket.socket,
-    early: bytes = b"",
-    *,
-    use_splice: bool | None = None,
+    client: socket.socket, upstream: socket.socket, early: bytes = b""
 ) -> None:
     """Move bytes both ways until both sides have closed, then close both."""
     loop = asyncio.get_running_loop()
-    splice = splice_available() if use_splice is None else use_splice
     try:
         if early:
             await loop.sock_sendall(upstream, early)
         outcome = await asyncio.gather(
-            _pump(client, upstream, splice),
-            _pump(upstream, client, splice),
+            _pump(client, upstream),
+            _pump(upstream, client),
             return_exceptions=True,
         )
         for item in outcome:
