@@ -14,9 +14,16 @@ import time
 from pathlib import Path
 
 import pytest
+from jupyter_client import KernelManager
 
 from tests.fixtures import FETCH, Env
-from tests.kernel_harness import kernel, run, set_sandbox_metadata, write_notebook
+from tests.kernel_harness import (
+    KERNEL,
+    kernel,
+    run,
+    set_sandbox_metadata,
+    write_notebook,
+)
 
 pytestmark = pytest.mark.bwrap
 
@@ -356,6 +363,28 @@ def _sandbox_pids(marker: str) -> list[int]:
             except OSError:
                 pass
     return pids
+
+
+def test_a_first_cell_sent_at_once_loses_nothing(world: Env) -> None:
+    # A frontend connects as soon as it has started the kernel and sends the
+    # first cell without waiting for it: the supervisor holds the frontend's
+    # ports from its first moment, so the cell's output and idle arrive.
+    for _ in range(3):
+        km = KernelManager(kernel_name=KERNEL)
+        km.start_kernel(env=world.env, cwd=str(world.project))
+        kc = km.client()
+        kc.start_channels()
+        try:
+            outputs: list[dict[str, object]] = []
+            reply = kc.execute_interactive(
+                "print('first')", timeout=60, output_hook=outputs.append
+            )
+            assert reply["content"]["status"] == "ok"
+            streams = [o["content"] for o in outputs if o["msg_type"] == "stream"]
+            assert streams == [{"name": "stdout", "text": "first\n"}]
+        finally:
+            kc.stop_channels()
+            km.shutdown_kernel(now=True)
 
 
 def test_supervisor_sigkill_leaves_no_sandbox_process(world: Env) -> None:

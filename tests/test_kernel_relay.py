@@ -12,6 +12,7 @@ import json
 import os
 import queue
 import secrets
+import socket
 import subprocess
 import sys
 import time
@@ -25,6 +26,7 @@ from jupyter_client import BlockingKernelClient
 
 from srt_kernel.errors import KernelError
 from srt_kernel.kernel import checks, messages
+from srt_kernel.kernel.connection import CHANNELS
 from srt_kernel.kernel.relay import Connection, Output, Relay, check_socket_file
 
 TIMEOUT = 60
@@ -417,3 +419,54 @@ def test_seccomp_inner_kernel_runs_cells_and_refuses_unix_sockets(
         ]
     finally:
         s.close()
+
+
+def test_a_frontend_connected_before_the_relay_binds_is_served(
+    tmp_path: Path,
+) -> None:
+    # The supervisor holds the frontend's ports from its first moment
+    # (reserve_ports) and hands them to ZeroMQ later: a frontend that
+    # connected and sent a request in between is answered, and its iopub
+    # subscription holds for the first cell.
+    from srt_kernel.kernel.connection import reserve_ports
+
+    tmp_path.chmod(0o700)
+    probes = [socket.create_server(("127.0.0.1", 0)) for _ in range(5)]
+    ports = [p.getsockname()[1] for p in probes]
+    for p in probes:
+        p.close()
+    info = {
+        "transport": "tcp",
+        "ip": "127.0.0.1",
+        **{f"{c}_port": port for c, port in zip(CHANNELS, ports, strict=True)},
+        "key": secrets.token_hex(16),
+        "signature_scheme": "hmac-sha256",
+    }
+    reserved = reserve_ports(Connection.from_dict(info))
+    assert sorted(reserved) == sorted(CHANNELS)
+    client = BlockingKernelClient()
+    client.load_connection_info(info)
+    client.start_channels()
+    inner = Inner(tmp_path)
+    relay = Relay(Connection.from_dict(info), Connection.from_dict(inner.info))
+    try:
+        msg_id = client.execute("print('early')")
+        time.sleep(0.3)  # the request waits in the reserved socket's backlog
+        relay.bind_frontend(reserved)
+        relay.start()
+        assert all(sock.fileno() == -1 for sock in reserved.values())
+        reply = client.get_shell_msg(timeout=TIMEOUT)
+        assert reply["parent_header"]["msg_id"] == msg_id
+        assert reply["content"]["status"] == "ok"
+        texts = []
+        while True:
+            msg = client.get_iopub_msg(timeout=TIMEOUT)
+            if msg["msg_type"] == "stream":
+                texts.append(msg["content"]["text"])
+            if msg["content"].get("execution_state") == "idle":
+                break
+        assert texts == ["early\n"]
+    finally:
+        client.stop_channels()
+        relay.stop()
+        inner.stop()

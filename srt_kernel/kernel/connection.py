@@ -7,8 +7,10 @@ imports the relay while the inner kernel starts up).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -63,3 +65,39 @@ class Connection(Record):
     def ipc_path(self, channel: str) -> str:
         """The socket file of ``channel`` for ipc transport."""
         return f"{self.ip}-{self.ports[channel]}"
+
+
+def reserve_ports(conn: Connection) -> dict[str, socket.socket]:
+    """Listening TCP sockets on the frontend's ports, bound before ZeroMQ loads.
+
+    A frontend connects as soon as it has started the kernel.  Bound here,
+    first thing, the ports take its connections into their backlogs while
+    the sandbox starts; the relay then hands each socket to ZeroMQ
+    (``ZMQ_USE_FD``).  Unbound, a refused frontend would wait out ZeroMQ's
+    reconnect interval and miss the first cell's outputs, and another
+    process could take a port the connection file promised.  Only for an
+    IPv4 address and fixed ports; otherwise nothing is reserved and the
+    relay binds as usual.
+    """
+    host = "0.0.0.0" if conn.ip in ("*", "0.0.0.0") else conn.ip
+    try:
+        if conn.transport != "tcp" or ipaddress.ip_address(host).version != 4:
+            return {}
+    except ValueError:
+        return {}
+    reserved: dict[str, socket.socket] = {}
+    try:
+        for channel in CHANNELS:
+            port = conn.ports.get(channel, 0)
+            if not port:
+                raise KernelError(f"the {channel} port is not fixed")
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            reserved[channel] = sock
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(128)
+    except (OSError, KernelError):
+        for sock in reserved.values():
+            sock.close()
+        return {}
+    return reserved

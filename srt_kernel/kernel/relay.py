@@ -38,12 +38,13 @@ from __future__ import annotations
 
 import os
 import queue
+import socket
 import stat
 import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import zmq
@@ -198,15 +199,23 @@ class Relay:
             self._thread.join(timeout)
         self._context.term()
 
-    def bind_frontend(self) -> None:
+    def bind_frontend(
+        self, reserved: Mapping[str, socket.socket] | None = None
+    ) -> None:
         """Bind the frontend's five ports now (done by :meth:`start` if not).
 
-        The supervisor binds them first thing, so that a frontend's
-        connections (and its iopub subscription) are in place by the time
-        the inner kernel answers; a frontend that connected earlier would
-        otherwise wait out ZeroMQ's reconnect interval and miss the first
-        cell's outputs.
+        ``reserved`` holds listening sockets the supervisor bound first thing
+        (:func:`srt_kernel.kernel.connection.reserve_ports`); ZeroMQ takes
+        them over, with the connections a frontend made meanwhile.
         """
+        reserved = dict(reserved or {})
+        try:
+            self._bind_frontend(reserved)
+        finally:
+            for left in reserved.values():
+                left.close()
+
+    def _bind_frontend(self, reserved: dict[str, socket.socket]) -> None:
         ctx = self._context
         kinds = {
             "shell": zmq.ROUTER,
@@ -223,13 +232,20 @@ class Relay:
                 sock.setsockopt(zmq.XPUB_VERBOSE, 1)
             address = f"tcp://{self.frontend.ip}"
             port = self.frontend.ports[channel]
+            held = reserved.pop(channel, None)
             try:
-                if port:
+                if held is not None:
+                    sock.setsockopt(zmq.USE_FD, held.fileno())
+                    sock.bind(f"{address}:{port}")
+                    held.detach()  # ZeroMQ owns the descriptor now
+                elif port:
                     sock.bind(f"{address}:{port}")
                 else:
                     port = sock.bind_to_random_port(address)
             except zmq.ZMQError as exc:
                 sock.close()
+                if held is not None:
+                    held.close()
                 raise KernelError(
                     f"Cannot bind the {channel} port {address}:{port} for the "
                     f"frontend ({exc}); choose a free port."

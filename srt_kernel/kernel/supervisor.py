@@ -47,7 +47,7 @@ from srt_kernel.errors import (
 )
 from srt_kernel.hosts import HostPattern, parse_pattern
 from srt_kernel.kernel import report
-from srt_kernel.kernel.connection import CHANNELS, Connection
+from srt_kernel.kernel.connection import CHANNELS, Connection, reserve_ports
 from srt_kernel.kernel.notebook import PolicyState, find_notebook, notebook_policy
 from srt_kernel.log import configure as configure_logging
 from srt_kernel.log import get_logger
@@ -349,12 +349,12 @@ class Supervisor:
     def start(self) -> None:
         """Start the sandbox, the proxy and the relay; raise on any failure."""
         relays: list[Relay] = []
+        # The frontend's ports are bound now, and handed to ZeroMQ (imported
+        # while the inner kernel starts up): a frontend's early connections
+        # wait in their backlogs.  The inner side is filled in once ready.
+        reserved = reserve_ports(self.frontend)
 
         def bind_frontend() -> None:
-            # While the inner kernel starts up: the frontend's ports are
-            # bound (and ZeroMQ imported) before anything can flow, and the
-            # frontend's early connections wait in ZeroMQ's queues.  The
-            # inner side is filled in once the inner kernel is ready.
             from srt_kernel.kernel.relay import Relay
 
             placeholder = Connection(
@@ -371,10 +371,15 @@ class Supervisor:
                 on_reply=self._on_reply,
                 on_idle=self._on_idle,
             )
-            relay.bind_frontend()
+            relay.bind_frontend(reserved)
             relays.append(relay)
 
-        self.sandbox, inner = self._launch(while_starting=bind_frontend)
+        try:
+            self.sandbox, inner = self._launch(while_starting=bind_frontend)
+        finally:
+            for sock in reserved.values():
+                if sock.fileno() != -1:
+                    sock.close()
         relay = relays[0]
         relay.use_inner(inner)
         self.relay = relay
@@ -431,7 +436,7 @@ class Supervisor:
                     f"the sandboxed kernel did not bind its sockets within "
                     f"{START_TIMEOUT:.0f} s."
                 )
-            time.sleep(0.01)
+            time.sleep(0.002)  # five lstat calls a poll; start-up waits on it
 
     def wait(self) -> int:
         """Relay until the inner kernel exits; return the exit status."""
