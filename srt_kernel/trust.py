@@ -22,12 +22,16 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from srt_kernel import policy as pol
 from srt_kernel.errors import PolicyError
 from srt_kernel.hosts import intersect_patterns
 from srt_kernel.record import Record, replace
+
+# Not typing.TYPE_CHECKING: importing typing costs the kernel's start-up.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: The documented administrator ceiling file.
 SYSTEM_CEILING = Path("/etc/srt-kernel/ceiling.json")

@@ -13,10 +13,14 @@ import os
 import socket
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from srt_kernel.errors import KernelError
 from srt_kernel.record import Record
+
+# Not typing.TYPE_CHECKING: importing typing costs the kernel's start-up.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 CHANNELS = ("shell", "control", "stdin", "iopub", "hb")
 

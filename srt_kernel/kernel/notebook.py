@@ -11,12 +11,16 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 from srt_kernel import locations, trust
 from srt_kernel import policy as pol
 from srt_kernel.errors import PolicyError
 from srt_kernel.record import Record, replace
+
+# Not typing.TYPE_CHECKING: importing typing costs the kernel's start-up.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def find_notebook(connection: dict[str, Any], cwd: str) -> Path | None:
