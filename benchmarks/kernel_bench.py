@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import pstats
+import queue
 import statistics
 import subprocess
 import sys
@@ -100,8 +101,8 @@ class Running:
             if msg["parent_header"].get("msg_id") == msg_id:
                 return msg
 
-    def idle_after(self, msg_id: str) -> None:
-        deadline = time.perf_counter() + TIMEOUT
+    def idle_after(self, msg_id: str, timeout: float = TIMEOUT) -> None:
+        deadline = time.perf_counter() + timeout
         while True:
             msg: dict[str, Any] = self.client.get_iopub_msg(
                 timeout=max(0.1, deadline - time.perf_counter())
@@ -131,9 +132,27 @@ class Running:
         elapsed = time.perf_counter() - self.launched
         if reply["content"]["status"] != "ok":
             raise RuntimeError(f"the first cell failed: {reply['content']}")
-        # Its idle status may be published before the iopub subscription
-        # is through; the next cell's wait skips whatever did arrive.
+        self.settle()
         return elapsed
+
+    def settle(self) -> None:
+        """Wait until this client's iopub subscription is through (untimed).
+
+        A frontend subscribes when it starts; a kernel that binds its ports
+        late (plain ipykernel binds once it has loaded) refuses it, and
+        ZeroMQ tries again only after its reconnect interval, so the first
+        cells' idle status can be published to nobody.  Cells are run until
+        one's idle arrives.
+        """
+        for _ in range(50):
+            msg_id = self.client.execute("pass", store_history=False)
+            self.reply_to(msg_id)
+            try:
+                self.idle_after(msg_id, timeout=0.3)
+                return
+            except queue.Empty:
+                continue
+        raise RuntimeError("the iopub channel never delivered a cell's idle status")
 
     def stop(self) -> None:
         self.client.stop_channels()
