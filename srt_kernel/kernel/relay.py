@@ -399,8 +399,9 @@ class Relay:
                 return
             events = dict(poller.poll(500))
             if self._sockets["wake"] in events:
+                # every command comes with a wake-up
                 self._drain_wake()
-            self._run_commands()
+                self._run_commands()
             for sock, handler in handlers.items():
                 if sock not in events or self._replaced:
                     continue
@@ -557,12 +558,6 @@ class Relay:
             if self.banner is not None:
                 msg.content["banner"] = self.banner
 
-        if (
-            request is not None
-            and channel in checks.REQUEST_CHANNELS
-            and self.on_reply is not None
-        ):
-            self.on_reply(channel, msg, request)
         if request is not None and channel == "iopub" and self.on_output is not None:
             self.on_output(msg, request)
         if (
@@ -576,6 +571,14 @@ class Relay:
 
         sock = self._sockets["f_iopub" if channel == "iopub" else f"f_{channel}"]
         sock.send_multipart(messages.serialize(msg, self._frontend_signer))
+        if (
+            request is not None
+            and channel in checks.REQUEST_CHANNELS
+            and self.on_reply is not None
+        ):
+            # told once the reply is on its way: a cell's round trip does
+            # not wait for the audit log
+            self.on_reply(channel, msg, request)
 
     def _publish(self, parent: JSONDict, output: Output) -> None:
         content = dict(output.content)

@@ -31,6 +31,13 @@ if TYPE_CHECKING:
 
 logger = get_logger(__name__)
 
+#: The protected names by their first component (``.git`` -> ``.git``,
+#: ``.git/config``, ...): the scan looks up each folder entry once.
+_NAMES_BY_HEAD: dict[str, tuple[str, ...]] = {
+    head: tuple(n for n, _, _ in PROTECTED_NAMES if n.partition("/")[0] == head)
+    for head in PROTECTED_FIRST
+}
+
 # Directories whose contents no tool reads as configuration, skipped by the
 # scan for speed: git's object store holds only content-addressed blobs.
 _SKIP_BELOW = frozenset({".git/objects", ".git/lfs/objects"})
@@ -101,15 +108,10 @@ def scan_protected(root: str, skip: Iterable[str] = ()) -> list[str]:
             logger.debug("scan: skipping %s: %s", top, exc)  # could write either
             continue
         for entry in entries:
-            if entry.name in PROTECTED_FIRST:
-                base = entry.path
-                for name, _kind, _ in PROTECTED_NAMES:
-                    head = name.partition("/")[0]
-                    if head != entry.name:
-                        continue
-                    candidate = posixpath.join(posixpath.dirname(base), name)
-                    if os.path.lexists(candidate):
-                        found.append(candidate)
+            for name in _NAMES_BY_HEAD.get(entry.name, ()):
+                candidate = posixpath.join(top, name)
+                if os.path.lexists(candidate):
+                    found.append(candidate)
             try:
                 is_dir = entry.is_dir(follow_symlinks=False)
             except OSError:
