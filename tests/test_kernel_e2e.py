@@ -460,6 +460,42 @@ def test_execute_demo_strict_fails_on_bad_cells(world: Env) -> None:
     assert "0 with something blocked, 0 failed" in proc.stdout
 
 
+def test_teaching_notebook_shows_one_idea_a_section(world: Env) -> None:
+    # notebooks/teaching.ipynb: each numbered section has one cell to try;
+    # a cell tagged "blocked" gets a block report, one tagged
+    # "raises-exception" fails, and every other cell works.
+    import shutil
+
+    shutil.copy(REPO / "notebooks" / "teaching.ipynb", world.project / "teaching.ipynb")
+    proc = _cli(world, "execute", "teaching.ipynb", "-o", "run.ipynb")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    executed = json.loads((world.project / "run.ipynb").read_text())
+    sections = 0
+    code_cells_after: list[int] = []
+    for cell in executed["cells"]:
+        if cell["cell_type"] == "markdown" and "".join(cell["source"]).startswith(
+            "## "
+        ):
+            sections += 1
+            code_cells_after.append(0)
+        elif cell["cell_type"] == "code" and code_cells_after:
+            code_cells_after[-1] += 1
+    assert sections >= 8
+    assert code_cells_after[:-1] == [1] * (sections - 1)  # the last one is prose
+    for cell in (c for c in executed["cells"] if c["cell_type"] == "code"):
+        tags = cell["metadata"].get("tags", [])
+        outputs = cell.get("outputs", [])
+        errors = [o for o in outputs if o["output_type"] == "error"]
+        reports = [
+            o
+            for o in outputs
+            if o.get("metadata", {}).get("srt_kernel", {}).get("kind") == "block-report"
+        ]
+        source = "".join(cell["source"])
+        assert bool(errors) == ("raises-exception" in tags), source
+        assert bool(reports) == ("blocked" in tags), source
+
+
 def test_policy_command_shows_notebook_policy(world: Env) -> None:
     set_sandbox_metadata(world.notebook, {"filesystem": {"denyRead": ["./private"]}})
     proc = _cli(world, "policy", str(world.notebook))

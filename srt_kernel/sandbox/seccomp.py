@@ -44,8 +44,9 @@ What the program does, in order, and why:
   has been a steady source of kernel exploits.
 * ``ptrace``, ``process_vm_readv`` and ``process_vm_writev`` fail with
   ``EPERM``: they read and write other processes' memory, which would let
-  user code take over the unfiltered network relay that shares the
-  sandbox, or any process started before the filter.
+  user code take over a process of the sandbox that runs without the
+  filter (init, when the command has a terminal), or any process started
+  before the filter.
 * ``unshare`` and ``setns`` fail with ``EPERM``, and so does ``clone``
   with any ``CLONE_NEW*`` flag in the low 32 bits of its flags (the first
   argument on x86_64 and on aarch64): new namespaces are where user
