@@ -387,6 +387,23 @@ def test_a_first_cell_sent_at_once_loses_nothing(world: Env) -> None:
             km.shutdown_kernel(now=True)
 
 
+def test_no_unfiltered_process_can_be_rewritten_from_a_cell(world: Env) -> None:
+    # The inner kernel filters itself once its sockets are bound; the
+    # sandbox's pid 1 (init) has no filter, so it must not be writable
+    # through /proc/1/mem, or a cell could run code outside the filter.
+    with kernel(world.env, world.project) as (_km, kc):
+        result = run(
+            kc,
+            "import errno\n"
+            "try:\n"
+            "    open('/proc/1/mem', 'r+b')\n"
+            "    print('opened')\n"
+            "except OSError as e:\n"
+            "    print(errno.errorcode[e.errno])\n",
+        )
+    assert result.stdout.split() == ["EACCES"], result.stdout
+
+
 def test_supervisor_sigkill_leaves_no_sandbox_process(world: Env) -> None:
     marker = f"srtk-kernel-orphan-{os.getpid()}-{time.monotonic_ns()}"
     with kernel(world.env, world.project) as (km, kc):

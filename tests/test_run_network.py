@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import os
 import shlex
 import socket
 import subprocess
@@ -280,3 +281,56 @@ def test_sockets_are_not_made_in_a_process_that_is_not_the_sandbox() -> None:
         child.wait()
     with pytest.raises(NamespaceError, match="cannot be opened"):
         listen_inside(child.pid, 1, {"http": 0})
+
+
+def test_nothing_runs_when_the_proxys_sockets_cannot_be_put_in(
+    sbx: SandboxRunner,
+) -> None:
+    # bubblewrap waits (--block-fd) until the launcher has put the proxy's
+    # sockets in; when that fails (here: the helper is made to fail) the
+    # sandbox is torn down before the command ever runs.
+    from srt_kernel.sandbox.plan import PROTECTED_NAMES
+
+    # every protected name there already: no placeholder, whose removal at
+    # clean-up would stop a late bubblewrap by chance rather than by design
+    for name, kind, _ in PROTECTED_NAMES:
+        path = sbx.project / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if kind == "dir":
+            path.mkdir(exist_ok=True)
+        else:
+            path.touch()
+    marker = sbx.project / f"ran-{os.getpid()}"
+    driver = f"""
+import os, subprocess, sys, time
+from srt_kernel import locations, policy as pol
+from srt_kernel.hosts import parse_pattern
+from srt_kernel.sandbox import bwrap, netns
+
+def refuse(*args, **kwargs):
+    raise netns.NamespaceError("refused for the test")
+
+netns.listen_inside = refuse
+policy = pol.with_options(
+    locations.load_policy(base_dir=os.getcwd()),
+    allow=[parse_pattern("allowed.test", field="--allow", source="test")],
+)
+sandbox = bwrap.Sandbox(
+    policy, ["/bin/sh", "-c", "sleep 0.3; touch {marker}"], cwd=os.getcwd()
+)
+try:
+    sandbox.start(stdin=subprocess.DEVNULL)
+except netns.NamespaceError as exc:
+    print("refused:", exc)
+time.sleep(1.5)  # a launcher that lives on (a kernel, an IPython session)
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", driver],
+        cwd=sbx.project,
+        env=sbx.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.stdout.strip() == "refused: refused for the test", result.stderr
+    assert not marker.exists()

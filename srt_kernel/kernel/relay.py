@@ -398,8 +398,9 @@ class Relay:
                 self._loop()
                 return
             events = dict(poller.poll(500))
-            if self._sockets["wake"] in events:
-                # every command comes with a wake-up
+            if self._sockets["wake"] in events or not events:
+                # a command comes with a wake-up once the relay is ready;
+                # one queued before that is run at the next time-out
                 self._drain_wake()
                 self._run_commands()
             for sock, handler in handlers.items():

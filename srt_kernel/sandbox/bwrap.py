@@ -62,6 +62,8 @@ def which(name: str, path: str | None = None) -> str | None:
     if "/" in name:
         return name if _executable(name) else None
     search = os.environ.get("PATH", os.defpath) if path is None else path
+    if not search:
+        return None
     for folder in search.split(os.pathsep):
         candidate = os.path.join(folder or ".", name)
         if _executable(candidate):
@@ -217,7 +219,10 @@ class Sandbox(Record, frozen=False):
             if self._seccomp_fd is not None:
                 fds.append(self._seccomp_fd)
             if self._block is not None:
-                fds.append(self._block[0])
+                # bubblewrap holds the write end too, so its wait never ends
+                # in end-of-file: a launcher killed before it lets the
+                # command run leaves the command unrun, never unsupervised
+                fds.extend(self._block)
             try:
                 self.process = subprocess.Popen(
                     list(plan.argv),
@@ -228,6 +233,9 @@ class Sandbox(Record, frozen=False):
                     pass_fds=fds,
                     start_new_session=True,
                 )
+            except BaseException:
+                os.close(info_r)
+                raise
             finally:
                 os.close(info_w)
                 if self._seccomp_fd is not None:
@@ -235,7 +243,12 @@ class Sandbox(Record, frozen=False):
                     self._seccomp_fd = None
             self.child_pid = _read_child_pid(info_r)
             if self.child_pid is not None and self._block is not None:
-                self._place_listeners(self.child_pid)
+                try:
+                    self._place_listeners(self.child_pid)
+                except (SandboxError, OSError):
+                    if self.process.poll() is None:
+                        raise
+                    self.child_pid = None  # bubblewrap itself failed: below
         except BaseException:
             self.close()
             raise
@@ -305,9 +318,10 @@ class Sandbox(Record, frozen=False):
         self._proxy_wake = wake_w
 
         def wait_and_start() -> ProxyServer | None:
-            select.select(
-                [wake_r, *(sock.fileno() for sock in listeners.values())], [], []
-            )
+            poller = select.poll()
+            for fd in (wake_r, *(sock.fileno() for sock in listeners.values())):
+                poller.register(fd, select.POLLIN)
+            poller.poll()
             with self._proxy_lock:
                 if self._proxy_closed:
                     return None
@@ -413,6 +427,11 @@ class Sandbox(Record, frozen=False):
     def close(self) -> None:
         """Stop everything and remove what the run left on disk."""
         if self.process is not None and self.process.poll() is None:
+            # The whole group: before the command is let run (--block-fd),
+            # the sandbox's first process is still in bubblewrap's group,
+            # and --die-with-parent does not yet hold for it.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.process.pid, signal.SIGKILL)
             self.process.kill()
             self.process.wait()
         with self._proxy_lock:

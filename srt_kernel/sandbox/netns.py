@@ -145,7 +145,9 @@ def _receive(
     ours: socket.socket, child: int, ports: Mapping[str, int]
 ) -> dict[str, socket.socket]:
     try:
-        message, fds, _flags, _addr = socket.recv_fds(ours, 4096, len(ports))
+        message, fds, _flags, _addr = socket.recv_fds(
+            ours, 4096, len(ports), socket.MSG_CMSG_CLOEXEC
+        )
     finally:
         _, raw = os.waitpid(child, 0)
     sockets = [socket.socket(fileno=fd) for fd in fds]

@@ -457,9 +457,14 @@ BOOT = (
 def direct_exec(spec: LaunchSpec) -> bool:
     """Whether bubblewrap runs the command itself, without :mod:`.init`.
 
-    Init is needed only to give the command a terminal of its own.
+    Init is needed to give the command a terminal of its own, and when the
+    command applies its own filter later (the kernel): bubblewrap's own
+    pid 1 would then run without any filter, and the command, as the same
+    user, could rewrite its memory through ``/proc/1/mem``; init makes
+    itself non-dumpable first.  Otherwise bubblewrap applies the filter
+    (``--seccomp``) to its pid 1 and the command alike.
     """
-    return not spec.tty
+    return not spec.tty and spec.seccomp
 
 
 def _argv(mounts: list[Mount], spec: LaunchSpec, policy: Policy) -> tuple[str, ...]:
@@ -489,11 +494,9 @@ def _argv(mounts: list[Mount], spec: LaunchSpec, policy: Policy) -> tuple[str, .
     if spec.block_fd is not None:
         argv += ["--block-fd", str(spec.block_fd)]
     if direct:
-        if spec.seccomp:
-            if spec.seccomp_fd is None:
-                raise ValueError("a filtered command needs seccomp_fd")
-            argv += ["--seccomp", str(spec.seccomp_fd)]
-        argv += ["--", *spec.command]
+        if spec.seccomp_fd is None:
+            raise ValueError("a command bubblewrap runs itself needs seccomp_fd")
+        argv += ["--seccomp", str(spec.seccomp_fd), "--", *spec.command]
         return tuple(argv)
     argv += ["--", spec.python, "-I", "-S", "-c", BOOT, spec.package_parent]
     argv += [*init_config(policy, spec), "--"]
