@@ -120,7 +120,8 @@ class Sandbox(Record, frozen=False):
     #: Leave the proxy to :meth:`start_proxy`, called after bubblewrap is
     #: started, so that its start overlaps the command's own.  Only for a
     #: command that makes no connection before the caller says so (the
-    #: kernel: no cell runs before the relay is up).
+    #: kernel: no cell runs before the relay is up); such a command is not
+    #: held until the proxy's sockets are in, they are put in as it starts.
     defer_proxy: bool = False
     extra_env: Mapping[str, str] = field(default_factory=dict)
     protected_before: set[str] = field(default_factory=set)
@@ -151,7 +152,8 @@ class Sandbox(Record, frozen=False):
         # bubblewrap reports the sandbox's pid on this pipe; the fd keeps its
         # number in the child (pass_fds), so the plan can name it.
         self._info = os.pipe()
-        if self._wants_proxy():
+        if self._wants_proxy() and not self.defer_proxy:
+            # the command may connect at once: it waits for the sockets
             self._block = os.pipe()
         if self.init_seccomp and not self.tty:
             self._seccomp_fd = _seccomp_program(self.policy)
@@ -242,7 +244,7 @@ class Sandbox(Record, frozen=False):
                     os.close(self._seccomp_fd)
                     self._seccomp_fd = None
             self.child_pid = _read_child_pid(info_r)
-            if self.child_pid is not None and self._block is not None:
+            if self.child_pid is not None and self._wants_proxy():
                 try:
                     self._place_listeners(self.child_pid)
                 except (SandboxError, OSError):
@@ -269,13 +271,19 @@ class Sandbox(Record, frozen=False):
         return self.policy.network.enabled or self.always_proxy
 
     def _place_listeners(self, child_pid: int) -> None:
-        """Put the proxy's sockets in the sandbox, then let the command run."""
+        """Put the proxy's sockets in the sandbox, then let the command run.
+
+        With ``defer_proxy`` the command was not held (it connects nowhere
+        before the caller starts the proxy, and it starts up meanwhile).
+        """
         from srt_kernel.sandbox.netns import listen_inside
 
-        assert self.process is not None and self._block is not None
+        assert self.process is not None
         self._listeners = listen_inside(child_pid, self.process.pid, PROXY_PORTS)
         if not self.defer_proxy:
             self._start_proxy_behind()
+        if self._block is None:
+            return
         block_r, block_w = self._block
         self._block = None
         os.close(block_r)

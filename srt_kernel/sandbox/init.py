@@ -1,13 +1,11 @@
-"""The sandbox's first process, for a terminal and for the kernel.
+"""The sandbox's first process when the command has a terminal.
 
 Without a terminal bubblewrap applies the filter and runs the command
 itself (:func:`srt_kernel.sandbox.plan.direct_exec`).  With one, the
 command must lead a session of its own with the pseudo-terminal as its
-controlling terminal, which bubblewrap cannot arrange; and a command that
-applies its own filter later (the kernel) must not share the sandbox with
-an unfiltered, dumpable pid 1.  Then bubblewrap starts this as pid 1
-(``python -I -S``, see :data:`srt_kernel.sandbox.plan.BOOT`).  In order,
-it:
+controlling terminal, which bubblewrap cannot arrange, so bubblewrap starts
+this as pid 1 of the sandbox (``python -I -S``, see
+:data:`srt_kernel.sandbox.plan.BOOT`).  In order, it:
 
 1. makes itself non-dumpable, so that the command cannot read or write its
    memory through ``/proc/1/mem`` (init runs without the seccomp filter;

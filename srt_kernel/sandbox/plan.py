@@ -457,14 +457,14 @@ BOOT = (
 def direct_exec(spec: LaunchSpec) -> bool:
     """Whether bubblewrap runs the command itself, without :mod:`.init`.
 
-    Init is needed to give the command a terminal of its own, and when the
-    command applies its own filter later (the kernel): bubblewrap's own
-    pid 1 would then run without any filter, and the command, as the same
-    user, could rewrite its memory through ``/proc/1/mem``; init makes
-    itself non-dumpable first.  Otherwise bubblewrap applies the filter
-    (``--seccomp``) to its pid 1 and the command alike.
+    Init is needed only to give the command a terminal of its own.  No
+    process may share the sandbox without the filter, since the filtered
+    code, as the same user, could rewrite its memory (``/proc/PID/mem``):
+    so bubblewrap applies the filter (``--seccomp``) to its own pid 1 and
+    the command alike, and a command that applies its filter itself later
+    (the kernel, once its sockets are bound) is pid 1 (``--as-pid-1``).
     """
-    return not spec.tty and spec.seccomp
+    return not spec.tty
 
 
 def _argv(mounts: list[Mount], spec: LaunchSpec, policy: Policy) -> tuple[str, ...]:
@@ -483,7 +483,7 @@ def _argv(mounts: list[Mount], spec: LaunchSpec, policy: Policy) -> tuple[str, .
         "--die-with-parent",
         "--new-session",
     ]
-    if not direct:
+    if not direct or not spec.seccomp:
         argv.append("--as-pid-1")
     argv += ["--hostname", "sandbox"]
     for m in mounts:
@@ -494,9 +494,11 @@ def _argv(mounts: list[Mount], spec: LaunchSpec, policy: Policy) -> tuple[str, .
     if spec.block_fd is not None:
         argv += ["--block-fd", str(spec.block_fd)]
     if direct:
-        if spec.seccomp_fd is None:
-            raise ValueError("a command bubblewrap runs itself needs seccomp_fd")
-        argv += ["--seccomp", str(spec.seccomp_fd), "--", *spec.command]
+        if spec.seccomp:
+            if spec.seccomp_fd is None:
+                raise ValueError("a filtered command needs seccomp_fd")
+            argv += ["--seccomp", str(spec.seccomp_fd)]
+        argv += ["--", *spec.command]
         return tuple(argv)
     argv += ["--", spec.python, "-I", "-S", "-c", BOOT, spec.package_parent]
     argv += [*init_config(policy, spec), "--"]
