@@ -142,20 +142,20 @@ def read_settings_file(path: str | os.PathLike[str], context: pol.Context) -> po
             text = f.read()
     except FileNotFoundError as exc:
         raise SettingsFileError(
-            f"settings file {str(path)!r} does not exist; check the path.",
+            f"settings file {path!r} does not exist; check the path.",
             field="settings",
-            value=str(path),
-            source=str(path),
+            value=path,
+            source=path,
         ) from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise SettingsFileError(
-            f"settings file {str(path)!r} cannot be read ({exc}); check its "
+            f"settings file {path!r} cannot be read ({exc}); check its "
             "permissions and encoding (UTF-8).",
             field="settings",
-            value=str(path),
-            source=str(path),
+            value=path,
+            source=path,
         ) from exc
-    return pol.parse_settings_text(text, source=str(path), context=context)
+    return pol.parse_settings_text(text, source=path, context=context)
 
 
 def user_layers(settings: str | None, context: pol.Context) -> list[pol.Layer]:

@@ -38,8 +38,8 @@ BASE = [
 ]
 
 
-def facts(found: tuple[str, ...] = (), **links: str) -> FsFacts:
-    """Facts for the paths the rows use; ``links`` maps a path to its target."""
+def facts(found: tuple[str, ...] = (), links: dict[str, str] | None = None) -> FsFacts:
+    """Facts for the paths the rows use; ``links`` maps a symlink to its target."""
     kinds = {
         "/home": "dir",
         HOME: "dir",
@@ -59,8 +59,8 @@ def facts(found: tuple[str, ...] = (), **links: str) -> FsFacts:
         "/tmp/work": "dir",
     }
     paths = {p: PathFact(k, p) for p, k in kinds.items()}  # type: ignore[arg-type]
-    for link, target in links.items():
-        paths[link.replace("__", "/")] = paths[target]
+    for link, target in (links or {}).items():
+        paths[link] = paths[target]
     return FsFacts(paths=paths, found=found)
 
 
@@ -165,7 +165,7 @@ ROWS: list[tuple[str, FilesystemPolicy, FsFacts | None, list[Mount]]] = [
     (
         "a symlinked writable folder is mounted where it leads",
         FilesystemPolicy(allow_write=(f"{HOME}/link",)),
-        facts(**{"__home__u__link": "/data/proj"}),
+        facts(links={f"{HOME}/link": "/data/proj"}),
         [Mount("bind", "/data/proj", "/data/proj")],
     ),
     (

@@ -206,16 +206,10 @@ class Relay:
 
         ``reserved`` holds listening sockets the supervisor bound first thing
         (:func:`srt_kernel.kernel.connection.reserve_ports`); ZeroMQ takes
-        them over, with the connections a frontend made meanwhile.
+        them over, with the connections a frontend made meanwhile (the
+        caller closes whatever is not taken).
         """
-        reserved = dict(reserved or {})
-        try:
-            self._bind_frontend(reserved)
-        finally:
-            for left in reserved.values():
-                left.close()
-
-    def _bind_frontend(self, reserved: dict[str, socket.socket]) -> None:
+        reserved = reserved or {}
         ctx = self._context
         kinds = {
             "shell": zmq.ROUTER,
@@ -232,7 +226,7 @@ class Relay:
                 sock.setsockopt(zmq.XPUB_VERBOSE, 1)
             address = f"tcp://{self.frontend.ip}"
             port = self.frontend.ports[channel]
-            held = reserved.pop(channel, None)
+            held = reserved.get(channel)
             try:
                 if held is not None:
                     sock.setsockopt(zmq.USE_FD, held.fileno())
@@ -244,8 +238,6 @@ class Relay:
                     port = sock.bind_to_random_port(address)
             except zmq.ZMQError as exc:
                 sock.close()
-                if held is not None:
-                    held.close()
                 raise KernelError(
                     f"Cannot bind the {channel} port {address}:{port} for the "
                     f"frontend ({exc}); choose a free port."

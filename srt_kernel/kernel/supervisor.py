@@ -378,8 +378,7 @@ class Supervisor:
             self.sandbox, inner = self._launch(while_starting=bind_frontend)
         finally:
             for sock in reserved.values():
-                if sock.fileno() != -1:
-                    sock.close()
+                sock.close()  # taken over ones were detached: nothing to do
         relay = relays[0]
         relay.use_inner(inner)
         self.relay = relay

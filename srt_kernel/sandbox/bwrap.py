@@ -300,15 +300,17 @@ class Sandbox(Record, frozen=False):
 
     def start_proxy(self) -> None:
         """Start the proxy (done on first use unless ``defer_proxy``)."""
+        self.proxy = self._serve(self._take_listeners())
+
+    def _serve(self, listeners: dict[str, socket.socket]) -> ProxyServer:
+        """A started proxy on the sandbox's listening sockets."""
         from srt_kernel.proxy.server import ProxyServer
 
-        self.proxy = ProxyServer(
-            self.policy.network,
-            audit=self.audit,
-            label=self.label,
-            listeners=self._take_listeners(),
+        proxy = ProxyServer(
+            self.policy.network, audit=self.audit, label=self.label, listeners=listeners
         )
-        self.proxy.start()
+        proxy.start()
+        return proxy
 
     def _start_proxy_behind(self) -> None:
         """Start the proxy's server on the sandbox's first connection.
@@ -333,16 +335,7 @@ class Sandbox(Record, frozen=False):
             with self._proxy_lock:
                 if self._proxy_closed:
                     return None
-            from srt_kernel.proxy.server import ProxyServer
-
-            proxy = ProxyServer(
-                self.policy.network,
-                audit=self.audit,
-                label=self.label,
-                listeners=listeners,
-            )
-            proxy.start()
-            return proxy
+            return self._serve(listeners)
 
         def serve() -> None:
             try:
