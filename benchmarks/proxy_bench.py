@@ -5,12 +5,16 @@ writes ``benchmarks/results/proxy.json``.  Measured in one run, through the
 proxy's CONNECT tunnel and directly, to local sink/source servers:
 
 * throughput of one tunnel moving 1 GiB up, and 1 GiB down, in rounds of
-  one direct and one proxied run (3 by default; medians are reported);
+  one direct and one proxied run (5 by default; medians are reported),
+  with a plain byte relay (socat, if installed) in the same rounds as the
+  machine's reference for what any relay can do here;
 * connection set-ups per second (connect, CONNECT, one byte each way);
 * 1,000 concurrent tunnels each moving 64 KiB, all completing without error;
 * srt's proxy, if ``npm install @anthropic-ai/sandbox-runtime`` works and
   its proxy can be started on its own; otherwise the output says why not.
 
+The sink and the proxy run in processes of their own, as a server and
+srt-kernel's launcher do in use, so no two parties share an interpreter.
 Every socket is on 127.0.0.1; the run is bounded in bytes and time.
 """
 
@@ -128,13 +132,133 @@ def start_sink() -> tuple[int, Callable[[], None]]:
     return int(listener.getsockname()[1]), stop
 
 
+# -- the parties, each in a process of its own ---------------------------------
+
+
+class Party:
+    """A child process that serves on 127.0.0.1.
+
+    Our own roles print their port and run until their stdin closes; a
+    program given ``port`` is waited for until it accepts, and stopped with
+    SIGTERM.  ``cpu()`` is the CPU time it and its reaped children have
+    used, to tell this benchmark's load from other processes'.
+    """
+
+    def __init__(self, argv: list[str], name: str, port: int | None = None) -> None:
+        self.name = name
+        self.process = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        self.own_role = port is None
+        if port is None:
+            assert self.process.stdout is not None
+            line = self.process.stdout.readline().strip()
+            if not line.isdigit():
+                self.stop()
+                raise RuntimeError(f"{name} did not start (printed {line!r})")
+            port = int(line)
+        else:
+            self._wait_until_accepting(port)
+        self.port = port
+
+    def _wait_until_accepting(self, port: int) -> None:
+        deadline = time.monotonic() + 10
+        while self.process.poll() is None and time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.01)
+        self.stop()
+        raise RuntimeError(f"{self.name} did not listen on port {port}")
+
+    def cpu(self) -> float:
+        try:
+            with open(f"/proc/{self.process.pid}/stat", encoding="ascii") as stat:
+                fields = stat.read().rpartition(")")[2].split()
+        except OSError:
+            return 0.0
+        ticks = sum(int(value) for value in fields[11:15])
+        return ticks / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        if not self.own_role:
+            self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+
+
+def role_argv(role: str, *args: str) -> list[str]:
+    return [sys.executable, str(Path(__file__).resolve()), "--role", role, *args]
+
+
+def serve_until_stdin_closes(port: int) -> None:
+    print(port, flush=True)
+    sys.stdin.read()
+
+
+def run_sink_role() -> None:
+    port, stop = start_sink()
+    serve_until_stdin_closes(port)
+    stop()
+
+
+def run_proxy_role(target: int) -> None:
+    """srt-kernel's proxy as a launcher runs it: a thread of an idle process."""
+    net = NetworkPolicy(allowed=(parse_pattern(f"127.0.0.1:{target}", field="bench"),))
+    proxy = ProxyServer(net, resolver=StaticResolver({}), tcp=True)
+    proxy.start()
+    serve_until_stdin_closes(proxy.http_port)
+    proxy.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def start_relay(target: int) -> Party | str:
+    """socat relaying a port to the sink, or why there is none.
+
+    A plain relay has no policy and no CONNECT, and is written in C: it is
+    the reference for what moving bytes through a third process costs on
+    this machine.  It copies through a 4 MiB buffer, as our tunnels do.
+    """
+    socat = shutil.which("socat")
+    if socat is None:
+        return "not measured: socat is not installed"
+    port = _free_port()
+    argv = [
+        socat, "-b", str(4 << 20),
+        f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork",
+        f"TCP:127.0.0.1:{target}",
+    ]  # fmt: skip
+    try:
+        return Party(argv, "socat", port=port)
+    except RuntimeError as error:
+        return f"not measured: {error}"
+
+
 # -- clients --------------------------------------------------------------
 
+#: How a client reaches the sink: directly (None), through an HTTP proxy's
+#: CONNECT (``("connect", port)``) or through a plain relay (``("relay", port)``).
+Route = tuple[str, int] | None
 
-def open_conn(target_port: int, proxy_port: int | None) -> socket.socket:
-    if proxy_port is None:
+
+def open_conn(target_port: int, route: Route) -> socket.socket:
+    if route is None:
         return socket.create_connection(("127.0.0.1", target_port), timeout=60)
-    sock = socket.create_connection(("127.0.0.1", proxy_port), timeout=60)
+    kind, port = route
+    sock = socket.create_connection(("127.0.0.1", port), timeout=60)
+    if kind == "relay":
+        return sock
     sock.sendall(f"CONNECT 127.0.0.1:{target_port} HTTP/1.1\r\n\r\n".encode())
     head = b""
     while b"\r\n\r\n" not in head:
@@ -157,9 +281,9 @@ def recv_all(sock: socket.socket, count: int) -> bytes:
     return data
 
 
-def upload(target: int, proxy: int | None, size: int) -> float:
+def upload(target: int, route: Route, size: int) -> float:
     block = b"\0" * BLOCK
-    with open_conn(target, proxy) as sock:
+    with open_conn(target, route) as sock:
         start = time.perf_counter()
         sock.sendall(b"U")
         sent = 0
@@ -174,9 +298,9 @@ def upload(target: int, proxy: int | None, size: int) -> float:
     return size / elapsed
 
 
-def download(target: int, proxy: int | None, size: int) -> float:
+def download(target: int, route: Route, size: int) -> float:
     buffer = bytearray(BLOCK)
-    with open_conn(target, proxy) as sock:
+    with open_conn(target, route) as sock:
         start = time.perf_counter()
         sock.sendall(b"D" + struct.pack("!Q", size))
         got = 0
@@ -201,57 +325,74 @@ def _machine_busy() -> float | None:
     return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
 
 
-def _own_cpu() -> float:
+def _own_cpu(parties: list[Party]) -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    return usage.ru_utime + usage.ru_stime + sum(party.cpu() for party in parties)
 
 
 def compare(
-    func: Callable[[int, int | None, int], float],
+    func: Callable[[int, Route, int], float],
     target: int,
-    proxy: int,
+    routes: dict[str, Route],
     size: int,
     repeat: int,
+    parties: list[Party],
 ) -> dict[str, Any]:
-    """``repeat`` rounds of one direct and one proxied run, in turn first.
+    """``repeat`` rounds of one direct run and one run through each route.
 
-    The machine may be busy with other work: each round's ratio compares
-    two runs made one after the other, the medians are reported, and so is
-    the share of the machine's CPU that other processes used in each round.
+    The order of the runs turns by one each round.  The machine may be busy
+    with other work: each round's ratios compare runs made one after the
+    other, medians are reported, and so is the share of the machine's CPU
+    that other processes used in each round.
     """
-    directs, proxied, ratios, other_load = [], [], [], []
+    names = ["direct", *routes]
+    speeds: dict[str, list[float]] = {name: [] for name in names}
+    ratios: dict[str, list[float]] = {name: [] for name in routes}
+    other_load = []
     for round_ in range(repeat):
-        busy, own, start = _machine_busy(), _own_cpu(), time.perf_counter()
-        if round_ % 2:
-            through = func(target, proxy, size)
-            direct = func(target, None, size)
-        else:
-            direct = func(target, None, size)
-            through = func(target, proxy, size)
-        directs.append(direct)
-        proxied.append(through)
-        ratios.append(through / direct)
+        busy, own, start = _machine_busy(), _own_cpu(parties), time.perf_counter()
+        order = names[round_ % len(names) :] + names[: round_ % len(names)]
+        this_round = {
+            name: func(target, None if name == "direct" else routes[name], size)
+            for name in order
+        }
+        for name in names:
+            speeds[name].append(this_round[name])
+        for name in routes:
+            ratios[name].append(this_round[name] / this_round["direct"])
         busy_after = _machine_busy()
         if busy is not None and busy_after is not None:
-            others = busy_after - busy - (_own_cpu() - own)
+            others = busy_after - busy - (_own_cpu(parties) - own)
             elapsed = time.perf_counter() - start
             other_load.append(
                 round(max(0.0, others) / elapsed / (os.cpu_count() or 1), 2)
             )
-    return {
-        "direct_MBps": round(statistics.median(directs) / 1e6, 1),
-        "proxy_MBps": round(statistics.median(proxied) / 1e6, 1),
-        "ratio": round(statistics.median(ratios), 3),
-        "ratios": [round(r, 3) for r in ratios],
+
+    def summary(name: str) -> dict[str, Any]:
+        return {
+            "MBps": round(statistics.median(speeds[name]) / 1e6, 1),
+            "ratio": round(statistics.median(ratios[name]), 3),
+            "ratios": [round(r, 3) for r in ratios[name]],
+        }
+
+    ours = summary("proxy")
+    result: dict[str, Any] = {
+        "direct_MBps": round(statistics.median(speeds["direct"]) / 1e6, 1),
+        "proxy_MBps": ours["MBps"],
+        "ratio": ours["ratio"],
+        "ratios": ours["ratios"],
         "other_load": other_load,
     }
+    if "relay" in routes:
+        result["relay"] = summary("relay")
+    return result
 
 
-def setups_per_second(target: int, proxy: int | None, seconds: float) -> float:
+def setups_per_second(target: int, route: Route, seconds: float) -> float:
     count = 0
     start = time.perf_counter()
     while time.perf_counter() - start < seconds:
-        with open_conn(target, proxy) as sock:
+        with open_conn(target, route) as sock:
             sock.sendall(b"P")
             if recv_all(sock, 1) != b"p":
                 raise RuntimeError("bad pong")
@@ -360,14 +501,14 @@ def try_srt(target: int, size: int, setup_seconds: float) -> dict[str, Any]:
                     "version": version,
                     "node": error,
                 }
-            port = int(line)
+            route = ("connect", int(line))
             return {
                 "status": f"measured srt {version} createHttpProxyServer under node",
                 "version": version,
-                "upload_MBps": round(upload(target, port, size) / 1e6, 1),
-                "download_MBps": round(download(target, port, size) / 1e6, 1),
+                "upload_MBps": round(upload(target, route, size) / 1e6, 1),
+                "download_MBps": round(download(target, route, size) / 1e6, 1),
                 "setups_per_s": round(
-                    setups_per_second(target, port, setup_seconds), 1
+                    setups_per_second(target, route, setup_seconds), 1
                 ),
             }
         finally:
@@ -382,7 +523,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=GIB, help="bytes per tunnel run")
     parser.add_argument(
-        "--repeat", type=int, default=3, help="rounds of each throughput pair"
+        "--repeat", type=int, default=5, help="rounds of each throughput comparison"
     )
     parser.add_argument("--tunnels", type=int, default=1000)
     parser.add_argument("--setup-seconds", type=float, default=3.0)
@@ -390,21 +531,38 @@ def main() -> int:
     parser.add_argument(
         "--out", type=Path, default=ROOT / "benchmarks" / "results" / "proxy.json"
     )
+    parser.add_argument("--role", choices=("sink", "proxy"), help=argparse.SUPPRESS)
+    parser.add_argument("--target", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.role == "sink":
+        run_sink_role()
+        return 0
+    if args.role == "proxy":
+        run_proxy_role(args.target)
+        return 0
 
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
-    target, stop_sink = start_sink()
-    net = NetworkPolicy(allowed=(parse_pattern(f"127.0.0.1:{target}", field="bench"),))
-    proxy = ProxyServer(net, resolver=StaticResolver({}), tcp=True)
-    proxy.start()
-    port = proxy.http_port
+    parties: list[Party] = []
     results: dict[str, Any] = {"size": args.size, "repeat": args.repeat}
     try:
+        sink = Party(role_argv("sink"), "sink")
+        parties.append(sink)
+        target = sink.port
+        proxy = Party(role_argv("proxy", "--target", str(target)), "proxy")
+        parties.append(proxy)
+        routes: dict[str, Route] = {"proxy": ("connect", proxy.port)}
+        relay = start_relay(target)
+        if isinstance(relay, Party):
+            parties.append(relay)
+            routes["relay"] = ("relay", relay.port)
+            results["relay"] = {"status": "measured socat (TCP-LISTEN to TCP)"}
+        else:
+            results["relay"] = {"status": relay}
         rows: list[tuple[str, float, float, float]] = []
         for label, func in (("upload", upload), ("download", download)):
-            result = compare(func, target, port, args.size, args.repeat)
+            result = compare(func, target, routes, args.size, args.repeat, parties)
             results[label] = result
             rows.append(
                 (
@@ -415,22 +573,24 @@ def main() -> int:
                 )
             )
         direct = setups_per_second(target, None, args.setup_seconds)
-        proxied = setups_per_second(target, port, args.setup_seconds)
+        proxied = setups_per_second(target, routes["proxy"], args.setup_seconds)
         rows.append(("connection set-ups / s", direct, proxied, proxied / direct))
         results["setups"] = {
             "direct_per_s": round(direct, 1),
             "proxy_per_s": round(proxied, 1),
             "ratio": round(proxied / direct, 3),
         }
-        results["concurrent"] = concurrent_tunnels(target, port, args.tunnels, 65536)
+        results["concurrent"] = concurrent_tunnels(
+            target, proxy.port, args.tunnels, 65536
+        )
         proxy.stop()
         if args.skip_srt:
             results["srt"] = {"status": "skipped (--skip-srt)"}
         else:
             results["srt"] = try_srt(target, args.size, args.setup_seconds)
     finally:
-        proxy.stop()
-        stop_sink()
+        for party in reversed(parties):
+            party.stop()
 
     print(f"{'measure':<28}{'direct':>12}{'proxy':>12}{'ratio':>8}")
     for name, direct_value, proxy_value, ratio in rows:
@@ -445,6 +605,14 @@ def main() -> int:
         ratios = " ".join(f"{r:.2f}" for r in rounds["ratios"])
         load = " ".join(f"{round(100 * v)}%" for v in rounds["other_load"])
         print(f"{label} ratio of each round: {ratios}  (CPU used by others: {load})")
+        if "relay" in rounds:
+            relay_rounds = rounds["relay"]
+            print(
+                f"  plain relay (socat), {label}: {relay_rounds['MBps']} MB/s, "
+                "ratio of each round: "
+                + " ".join(f"{r:.2f}" for r in relay_rounds["ratios"])
+            )
+    print(f"plain relay: {results['relay']['status']}")
     srt = results["srt"]
     print(f"srt: {srt['status']}")
     if "upload_MBps" in srt:

@@ -103,7 +103,7 @@ def headline(name: str, results: dict[str, Any]) -> dict[str, Any]:
         }
     return {
         key: results[key]
-        for key in ("upload", "download", "setups", "concurrent")
+        for key in ("upload", "download", "setups", "concurrent", "relay")
         if key in results
     } | {"srt": results.get("srt", {}).get("status")}
 
