@@ -345,7 +345,8 @@ def cmd_policy(args: argparse.Namespace) -> int:
     if state.problem:
         print(f"Problem: {state.problem}")
     for note in state.notes:
-        print(f"Note: {note}")
+        if note not in state.policy.notes:  # describe() printed those
+            print(f"Note: {note}")
     return 0
 
 
@@ -389,7 +390,7 @@ def cmd_trust(args: argparse.Namespace) -> int:
         )
         return 0
     ceiling = trust.load_ceiling(base.notebook_ceiling, context)
-    capped, cut = trust.cap(layer, ceiling)
+    capped, cut = trust.cap(layer, ceiling, base)
     granted = trust.widening(base, capped).lines()
     print(f"{notebook.name} asks to let its code:")
     for line in wanted.lines():

@@ -25,12 +25,13 @@ from pathlib import Path
 
 from srt_kernel import policy as pol
 from srt_kernel.errors import PolicyError
-from srt_kernel.hosts import intersect_patterns
+from srt_kernel.hosts import HostPattern, intersect_patterns
 from srt_kernel.record import Record, replace
 
 # Not typing.TYPE_CHECKING: importing typing costs the kernel's start-up.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 #: The documented administrator ceiling file.
@@ -86,8 +87,14 @@ def widening(base: pol.Policy, layer: pol.Layer) -> Widening:
     return Widening(hosts, writes, reads, env, tuple(flags))
 
 
-def cap(layer: pol.Layer, ceiling: pol.Layer | None) -> tuple[pol.Layer, list[str]]:
-    """``layer`` limited to ``ceiling``; also what the ceiling cut, in words."""
+def cap(
+    layer: pol.Layer, ceiling: pol.Layer | None, base: pol.Policy | None = None
+) -> tuple[pol.Layer, list[str]]:
+    """``layer`` limited to ``ceiling``; also what the ceiling cut, in words.
+
+    The ceiling limits what a notebook is granted beyond ``base``: an entry
+    that ``base`` already allows every notebook, approved or not, is kept.
+    """
     if ceiling is None:
         return layer, []
     cut: list[str] = []
@@ -95,6 +102,9 @@ def cap(layer: pol.Layer, ceiling: pol.Layer | None) -> tuple[pol.Layer, list[st
     if allowed is not None and ceiling.allowed_domains is not None:
         kept = []
         for p in allowed:
+            if base is not None and _host_granted(base, p):
+                kept.append(p)
+                continue
             inside = [
                 q
                 for c in ceiling.allowed_domains
@@ -106,16 +116,26 @@ def cap(layer: pol.Layer, ceiling: pol.Layer | None) -> tuple[pol.Layer, list[st
                 kept.extend(inside)
                 cut.append(f"reach {p.text} (beyond the ceiling)")
         allowed = tuple(dict.fromkeys(kept))
-    writes = _paths_within(layer.allow_write, ceiling.allow_write, "write below", cut)
-    reads = _paths_within(layer.allow_read, ceiling.allow_read, "read", cut)
+    granted_write = base.filesystem.writable if base is not None else _never
+    granted_read = base.filesystem.readable if base is not None else _never
+    writes = _paths_within(
+        layer.allow_write, ceiling.allow_write, granted_write, "write below", cut
+    )
+    reads = _paths_within(
+        layer.allow_read, ceiling.allow_read, granted_read, "read", cut
+    )
     env = layer.env_allow
     if env is not None and ceiling.env_allow is not None:
-        cut += [
-            f"see {e} (beyond the ceiling)" for e in env if e not in ceiling.env_allow
-        ]
-        env = tuple(e for e in env if e in ceiling.env_allow)
+        granted_env = base.env_allow if base is not None else ()
+        beyond = [e for e in env if e not in ceiling.env_allow and e not in granted_env]
+        cut += [f"see {e} (beyond the ceiling)" for e in beyond]
+        env = tuple(e for e in env if e not in beyond)
     sockets = layer.allow_all_unix_sockets
-    if sockets and ceiling.allow_all_unix_sockets is not True:
+    if (
+        sockets
+        and ceiling.allow_all_unix_sockets is not True
+        and not (base is not None and base.network.allow_all_unix_sockets)
+    ):
         cut.append("open Unix sockets (beyond the ceiling)")
         sockets = None
     return (
@@ -131,18 +151,29 @@ def cap(layer: pol.Layer, ceiling: pol.Layer | None) -> tuple[pol.Layer, list[st
     )
 
 
+def _host_granted(base: pol.Policy, pattern: HostPattern) -> bool:
+    """Whether ``base`` allows everything ``pattern`` names."""
+    return any(intersect_patterns(pattern, a) == pattern for a in base.network.allowed)
+
+
+def _never(_path: str) -> bool:
+    return False
+
+
 def _paths_within(
     asked: tuple[str, ...] | None,
     roots: tuple[str, ...] | None,
+    granted: Callable[[str], bool],
     verb: str,
     cut: list[str],
 ) -> tuple[str, ...] | None:
-    """The asked paths below some ceiling root; the others noted in ``cut``."""
+    """The asked paths below some ceiling root or ``granted`` already; the
+    others noted in ``cut``."""
     if asked is None or roots is None:
         return asked
     kept = []
     for path in asked:
-        if any(pol.is_within(path, root) for root in roots):
+        if granted(path) or any(pol.is_within(path, root) for root in roots):
             kept.append(path)
         else:
             cut.append(f"{verb} {path} (beyond the ceiling)")
@@ -158,16 +189,17 @@ def apply_notebook(
 ) -> tuple[pol.Policy, list[str]]:
     """The notebook's policy, and notes about what it did not get.
 
-    Unapproved: ``base`` tightened by the layer.  Approved: the layer's own
-    entries, within the ceiling, on top of ``base``, then tightened by the
-    layer (so the notebook gets what it asked for, no more).
+    Unapproved: ``base`` tightened by the layer.  Approved: the same, plus
+    what the layer asks beyond ``base`` within the ceiling.  So the notebook
+    gets what it asked for, no more, and approving never takes away what
+    ``base`` grants the notebook unapproved.
     """
     notes: list[str] = []
     if approved:
-        capped, cut = cap(layer, ceiling)
+        capped, cut = cap(layer, ceiling, base)
         notes += [f"{layer.source} asks to {c}; it was not granted." for c in cut]
-        widened = pol.widen(base, replace(capped, warnings=()))
-        result = pol.tighten(widened, capped)
+        unapproved = pol.tighten(base, layer)
+        result = pol.widen(unapproved, replace(capped, warnings=()))
         result = replace(
             result,
             notes=tuple(n for n in result.notes if "was not granted" not in n),

@@ -522,11 +522,20 @@ def test_teaching_notebook_shows_one_idea_a_section(world: Env) -> None:
 
 
 def test_policy_command_shows_notebook_policy(world: Env) -> None:
-    set_sandbox_metadata(world.notebook, {"filesystem": {"denyRead": ["./private"]}})
+    set_sandbox_metadata(
+        world.notebook,
+        {
+            "filesystem": {"denyRead": ["./private"]},
+            "network": {"allowedDomains": ["elsewhere.test"]},
+        },
+    )
     proc = _cli(world, "policy", str(world.notebook))
     assert proc.returncode == 0, proc.stderr
     assert f"denyRead   {world.project}/private" in proc.stdout
     assert "notebook metadata (analysis.ipynb)" in proc.stdout
+    notes = [line for line in proc.stdout.splitlines() if line.startswith("Note:")]
+    assert len(notes) == len(set(notes)), proc.stdout  # each note once
+    assert sum("'elsewhere.test'" in line for line in notes) == 1, proc.stdout
 
 
 def test_vscode_style_start_gets_the_notebooks_policy(world: Env) -> None:

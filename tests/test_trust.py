@@ -110,6 +110,62 @@ def test_ceiling_caps_an_approved_request() -> None:
     ]
 
 
+def test_approving_never_takes_away_what_the_settings_grant() -> None:
+    base = base_with(
+        {"network": {"allowedDomains": ["allowed.test", "api.example.com"]}}
+    )
+    ceiling = pol.parse_layer(
+        {"network": {"allowedDomains": ["other.test"]}},
+        source="ceiling",
+        context=CTX,
+        trusted=True,
+    )
+    request = layer(
+        {
+            "network": {
+                "allowedDomains": [
+                    "other.test", "evil.test", "allowed.test", "*.example.com"
+                ]
+            }
+        }
+    )  # fmt: skip
+    unapproved, _ = trust.apply_notebook(base, request, approved=False, ceiling=ceiling)
+    result, cut = trust.apply_notebook(base, request, approved=True, ceiling=ceiling)
+    assert sorted(p.text for p in unapproved.network.allowed) == [
+        "allowed.test",
+        "api.example.com",
+    ]
+    assert sorted(p.text for p in result.network.allowed) == [
+        "allowed.test",
+        "api.example.com",
+        "other.test",
+    ]
+    # what the settings already allow is not "beyond the ceiling"
+    assert sorted(cut) == [
+        "notebook metadata (nb.ipynb) asks to reach *.example.com (beyond the "
+        "ceiling); it was not granted.",
+        "notebook metadata (nb.ipynb) asks to reach evil.test (beyond the "
+        "ceiling); it was not granted.",
+    ]
+
+
+def test_ceiling_spares_writes_the_settings_grant() -> None:
+    base = base_with({"filesystem": {"allowWrite": ["/data"]}})
+    ceiling = pol.parse_layer(
+        {"filesystem": {"allowWrite": ["/home/u/proj/out"]}},
+        source="ceiling",
+        context=CTX,
+        trusted=True,
+    )
+    request = layer({"filesystem": {"allowWrite": ["/data/in", "/srv"]}})
+    capped, cut = trust.cap(request, ceiling, base)
+    assert capped.allow_write == ("/data/in",)
+    assert cut == ["write below /srv (beyond the ceiling)"]
+    result, _ = trust.apply_notebook(base, request, approved=True, ceiling=ceiling)
+    assert result.filesystem.writable("/data/in/x")
+    assert not result.filesystem.writable("/srv/x")
+
+
 def test_ceiling_keys_and_protected_setting_are_settings_only() -> None:
     for key, value in (
         ("notebookCeiling", {}),
