@@ -318,6 +318,13 @@ class HostPattern(Record):
             return (scoped, 0, len(str(self.value)))
         return (scoped, 1, 0)
 
+    @property
+    def is_loopback(self) -> bool:
+        """Whether the entry names loopback: ``127.0.0.1:8888``, ``localhost:8888``."""
+        if self.kind == "ip":
+            return not isinstance(self.value, str) and self.value.is_loopback
+        return is_loopback_name(str(self.value))
+
     def __str__(self) -> str:
         return self.text
 
@@ -327,11 +334,15 @@ def most_specific_first(patterns: Iterable[HostPattern]) -> list[HostPattern]:
     return sorted(patterns, key=lambda p: p.specificity, reverse=True)
 
 
+def is_loopback_name(name: str) -> bool:
+    """``localhost`` and the names under it, which mean this machine."""
+    return name == "localhost" or name.endswith(".localhost")
+
+
 def _is_local_host(host: Host) -> bool:
     if host.ip is not None:
         return host.ip.is_loopback or host.ip.is_unspecified
-    name = host.name or ""
-    return name == "localhost" or name.endswith(".localhost")
+    return is_loopback_name(host.name or "")
 
 
 def _parse_port(port_text: str, text: str, field: str, source: str) -> int:

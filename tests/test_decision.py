@@ -69,7 +69,22 @@ POLICY = policy(
         ("127.0.0.1", 8888, True, "allowedDomains entry '127.0.0.1:8888'", ""),
         ("0x7f000001", 8888, True, "allowedDomains entry '127.0.0.1:8888'", ""),
         ("::ffff:127.0.0.1", 8888, True, "allowedDomains entry '127.0.0.1:8888'", ""),
-        ("127.0.0.1", 8889, False, "allowedDomains allows 127.0.0.1 only on port", ""),
+        (
+            "127.0.0.1",
+            8889,
+            False,
+            "allowedDomains allows 127.0.0.1 only on port",
+            "add '127.0.0.1:8889' to network.allowedDomains (that port of this "
+            "machine); a server started inside the sandbox is reached without "
+            "the proxy, as with curl --noproxy '*'",
+        ),
+        (
+            "localhost",
+            3000,
+            False,
+            "not in allowedDomains",
+            "add 'localhost:3000' to network.allowedDomains (that port",
+        ),
         ("127.0.0.2", 80, False, "not in allowedDomains", "add '127.0.0.2:80'"),
         ("192.0.2.7", 1234, True, "allowedDomains entry '192.0.2.7'", ""),
         ("198.51.100.9", 80, False, "deniedDomains entry '198.51.100.9'", ""),

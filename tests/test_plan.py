@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 
+from srt_kernel.hosts import parse_pattern
 from srt_kernel.policy import FilesystemPolicy, NetworkPolicy, Policy
 from srt_kernel.sandbox.plan import (
     BOOT,
@@ -312,6 +313,31 @@ def test_environment_is_an_allowlist_plus_the_proxy() -> None:
     ).env
     assert net["HTTPS_PROXY"] == net["http_proxy"] == "http://127.0.0.1:3128"
     assert net["SRT_KERNEL_SOCKS_PROXY"] == "socks5h://127.0.0.1:1080"
+
+
+@pytest.mark.parametrize(
+    ("allowed", "no_proxy"),
+    [
+        ((), "localhost,127.0.0.1,::1"),
+        (("pypi.org", "10.0.0.7:80"), "localhost,127.0.0.1,::1"),
+        (("pypi.org", "127.0.0.1:8888"), ""),
+        (("[::1]:8888",), ""),
+        (("localhost:8888",), ""),
+        (("127.9.9.9:1",), ""),
+    ],
+)
+def test_the_sandboxs_loopback_bypasses_the_proxy_unless_the_hosts_is_allowed(
+    allowed: tuple[str, ...], no_proxy: str
+) -> None:
+    network = NetworkPolicy(
+        allowed=tuple(parse_pattern(a, field="allowedDomains") for a in allowed)
+    )
+    env = plan_sandbox(
+        Policy(filesystem=FilesystemPolicy(allow_write=(P,)), network=network),
+        facts(),
+        spec(network=True, block_fd=7),
+    ).env
+    assert env["NO_PROXY"] == env["no_proxy"] == no_proxy
 
 
 def test_private_binds_go_below_the_run_folder_inside() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import json
 import os
 import shlex
 import socket
@@ -97,6 +98,23 @@ def test_allowed_and_refused_hosts(
     )
     assert sorted(allowed.seen) == ["/a", "/b", "/f"]
     assert other.seen == []
+    # each decision is one line of the audit log, labelled with the command
+    log = sbx.home / ".local/share/srt-kernel/audit/network.jsonl"
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(e["host"], e["port"], e["decision"]) for e in events] == [
+        ("allowed.test", pa, "allow"),
+        ("a.wild.test", pa, "allow"),
+        ("deny.wild.test", pa, "deny"),
+        ("other.test", other.port, "deny"),
+        ("wild.test", pa, "deny"),
+        ("allowed.test", pa, "allow"),
+        ("allowed.test", other.port, "deny"),
+    ]
+    assert {(e["label"], e["protocol"]) for e in events} == {("run sh", "http")}
+    assert (log.stat().st_mode & 0o777, log.parent.stat().st_mode & 0o777) == (
+        0o600,
+        0o700,
+    )
 
 
 def test_refusal_carries_the_marker_and_the_reason(
@@ -248,6 +266,55 @@ def test_loopback_of_the_host_is_not_the_sandboxs(sbx: SandboxRunner) -> None:
             listener.accept()
     finally:
         listener.close()
+
+
+_INSIDE_SERVER = """
+import http.server, subprocess, threading, urllib.error, urllib.request
+
+class Hello(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"inside")
+
+    def log_message(self, *args):
+        pass
+
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hello)
+threading.Thread(target=server.serve_forever, daemon=True).start()
+url = f"http://127.0.0.1:{server.server_port}/"
+try:
+    print("urllib", urllib.request.urlopen(url, timeout=10).read().decode())
+except urllib.error.HTTPError as e:
+    print("urllib", e.code, e.headers.get("X-Proxy-Error"))
+for flags in ([], ["--noproxy", "*"]):
+    curl = ["curl", "-s", "--max-time", "10", *flags, url]
+    print("curl", *flags, subprocess.run(curl, capture_output=True, text=True).stdout)
+"""
+
+
+# A server started inside the sandbox is the sandbox's own: clients reach it
+# directly unless the policy sends loopback to the proxy (a host port allowed).
+def test_a_server_inside_the_sandbox_is_reached_without_the_proxy(
+    sbx: SandboxRunner, upstreams: tuple[Upstream, Upstream]
+) -> None:
+    allowed, _ = upstreams
+    names_only = {
+        "network": {
+            "allowedDomains": ["allowed.test"],
+            "hostAddresses": {"allowed.test": "127.0.0.1"},
+        }
+    }
+    direct = sbx.py(_INSIDE_SERVER, settings=names_only)
+    assert direct.status == 0, direct.stderr
+    assert direct.lines == ["urllib inside", "curl inside", "curl --noproxy * inside"]
+
+    host_port = sbx.py(_INSIDE_SERVER, settings=_settings(allowed.port))
+    assert host_port.status == 0, host_port.stderr
+    assert host_port.lines[0] == "urllib 403 blocked-by-srt-kernel"
+    assert "curl --noproxy '*'" in host_port.lines[1]  # the 403 body's fix
+    assert host_port.lines[-1] == "curl --noproxy * inside"
+    assert allowed.seen == []
 
 
 def test_nothing_of_ours_runs_inside_with_a_network(sbx: SandboxRunner) -> None:

@@ -22,7 +22,7 @@ import ipaddress
 from collections.abc import Collection, Sequence
 from typing import Protocol
 
-from srt_kernel.hosts import Host, HostPattern, IPAddress, fold_ip
+from srt_kernel.hosts import Host, HostPattern, IPAddress, fold_ip, is_loopback_name
 from srt_kernel.log import get_logger
 from srt_kernel.record import Record
 
@@ -101,6 +101,12 @@ def _source(policy: NetworkRules, pattern: HostPattern) -> str:
     return ""
 
 
+def _is_loopback(host: Host) -> bool:
+    if host.ip is not None:
+        return host.ip.is_loopback
+    return is_loopback_name(host.name or "")
+
+
 def _entry_for(host: Host, port: int) -> str:
     if host.ip is not None:
         return f"{host.for_url()}:{port}"
@@ -145,6 +151,18 @@ def decide_host(policy: NetworkRules, host: Host, port: int) -> Decision:
         p for p in policy.allowed if p.port is not None and p.matches(host, p.port)
     ]
     entry = _entry_for(host, port)
+    if _is_loopback(host):
+        fix = (
+            f"add '{host.for_url()}:{port}' to network.allowedDomains (that port "
+            "of this machine); a server started inside the sandbox is reached "
+            "without the proxy, as with curl --noproxy '*'"
+        )
+    elif on_other_port:
+        fix = f"add '{host.for_url()}:{port}' to network.allowedDomains"
+    elif host.ip is not None:
+        fix = f"add '{entry}' (or '{host.for_url()}') to network.allowedDomains"
+    else:
+        fix = f"add '{entry}' to network.allowedDomains"
     if on_other_port:
         ports = ", ".join(sorted({str(p.port) for p in on_other_port}))
         return Decision(
@@ -152,14 +170,8 @@ def decide_host(policy: NetworkRules, host: Host, port: int) -> Decision:
             host=host,
             port=port,
             rule=f"allowedDomains allows {host} only on port {ports}",
-            fix=f"add '{host.for_url()}:{port}' to network.allowedDomains",
+            fix=fix,
         )
-    if host.ip is not None and host.ip.is_loopback:
-        fix = f"add '{entry}' to network.allowedDomains"
-    elif host.ip is not None:
-        fix = f"add '{entry}' (or '{host.for_url()}') to network.allowedDomains"
-    else:
-        fix = f"add '{entry}' to network.allowedDomains"
     return Decision(
         allowed=False, host=host, port=port, rule="not in allowedDomains", fix=fix
     )

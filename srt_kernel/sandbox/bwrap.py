@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     import socket
     from typing import IO, Any
 
+    from srt_kernel.audit import AuditLog
     from srt_kernel.proxy.server import ProxyServer
 
 logger = get_logger(__name__)
@@ -102,6 +103,9 @@ class Sandbox(Record, frozen=False):
     tty: bool = False
     env: Mapping[str, str] | None = None
     audit: Any = None
+    #: Without ``audit``: the file the proxy's decisions are appended to,
+    #: opened only when the proxy starts (``srt-kernel run``).
+    audit_path: str | None = None
     label: str = ""
     run: RunDir | None = None
     plan: SandboxPlan | None = None
@@ -306,6 +310,8 @@ class Sandbox(Record, frozen=False):
         """A started proxy on the sandbox's listening sockets."""
         from srt_kernel.proxy.server import ProxyServer
 
+        if self.audit is None and self.audit_path is not None:
+            self.audit = _open_audit_log(self.audit_path)
         proxy = ProxyServer(
             self.policy.network, audit=self.audit, label=self.label, listeners=listeners
         )
@@ -517,6 +523,22 @@ def _read_child_pid(fd: int) -> int | None:
     return None
 
 
+def _open_audit_log(path: str) -> AuditLog:
+    """The audit log at ``path``, or one that records nothing if it cannot be
+    written (the proxy's decisions are enforced either way)."""
+    from srt_kernel.audit import AuditLog
+
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        return AuditLog(path)
+    except OSError as exc:
+        sys.stderr.write(
+            f"srt-kernel: warning: the audit log {path} cannot be written ({exc}); "
+            "the network policy still applies.\n"
+        )
+        return AuditLog()
+
+
 # --------------------------------------------------------------------------
 # Running a command for a user at a terminal
 
@@ -531,7 +553,15 @@ def run_command(
 ) -> int:
     """Run ``command`` sandboxed, with the terminal relayed; its exit status."""
     use_tty = os.isatty(0) and os.isatty(1)
-    sandbox = Sandbox(policy, command, cwd=cwd, tty=use_tty, audit=audit)
+    sandbox = Sandbox(
+        policy,
+        command,
+        cwd=cwd,
+        tty=use_tty,
+        audit=audit,
+        audit_path=os.path.join(locations.data_dir(), "audit", "network.jsonl"),
+        label=f"run {os.path.basename(command[0])}" if command else "run",
+    )
     plan = sandbox.prepare()
     if debug:
         sys.stderr.write(plan.describe() + "\n")

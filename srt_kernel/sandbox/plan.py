@@ -506,6 +506,25 @@ def _argv(mounts: list[Mount], spec: LaunchSpec, policy: Policy) -> tuple[str, .
     return tuple(argv)
 
 
+#: Loopback names and addresses, which clients then reach directly.
+LOOPBACK_NO_PROXY = "localhost,127.0.0.1,::1"
+
+
+def no_proxy(policy: Policy) -> str:
+    """The sandbox's ``NO_PROXY``: its own loopback, unless the host's is allowed.
+
+    The sandbox's loopback is its own: a server started inside it is
+    reached directly, without the proxy.  When the policy allows a port of
+    the host's loopback (``127.0.0.1:8888``), loopback requests go to the
+    proxy instead, which reaches the host's allowed ports and refuses the
+    rest; a server inside is then reached with the client's own bypass
+    (``curl --noproxy '*'``).
+    """
+    if any(p.is_loopback for p in policy.network.allowed):
+        return ""
+    return LOOPBACK_NO_PROXY
+
+
 def _environment(policy: Policy, spec: LaunchSpec) -> dict[str, str]:
     allow = (
         set(BASE_ENV_ALLOW)
@@ -531,7 +550,7 @@ def _environment(policy: Policy, spec: LaunchSpec) -> dict[str, str]:
         for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
             env[name] = http
             env[name.lower()] = http
-        env["NO_PROXY"] = env["no_proxy"] = ""
+        env["NO_PROXY"] = env["no_proxy"] = no_proxy(policy)
         env["SRT_KERNEL_SOCKS_PROXY"] = f"socks5h://127.0.0.1:{SOCKS_PORT}"
     env.update(spec.extra_env)
     return env
