@@ -449,7 +449,12 @@ def cmd_uninstall(args: argparse.Namespace) -> int:
 
 def cmd_execute(args: argparse.Namespace) -> int:
     from srt_kernel.execute import execute_notebook
+    from srt_kernel.kernel.notebook import existing_notebook
 
+    # The kernel reads the same settings: a mistake in them is said here,
+    # before a kernel that could run nothing is started.
+    notebook = existing_notebook(args.notebook)
+    locations.user_layers(None, locations.gather_context(str(notebook.parent)))
     return execute_notebook(
         args.notebook,
         output=args.output,

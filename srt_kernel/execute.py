@@ -9,6 +9,7 @@ reports the kernel added under cells) and which cells failed.  With
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 import time
@@ -125,6 +126,13 @@ def execute_notebook(
         raise KernelError(
             f"no kernel named {kernel_name!r} is installed; run "
             "`srt-kernel install --user` first."
+        ) from exc
+    except RuntimeError as exc:
+        # nbclient's "Kernel died before replying to kernel_info" and its
+        # DeadKernelError; it leaves a clean-up that would fail at exit.
+        atexit.unregister(client._cleanup_kernel)
+        raise KernelError(
+            f"the sandboxed kernel stopped ({exc}); its messages are above."
         ) from exc
     finally:
         nbformat.write(nb, str(target))  # type: ignore[no-untyped-call]

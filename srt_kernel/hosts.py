@@ -386,6 +386,16 @@ def _split_port(text: str, field: str, source: str) -> tuple[str, int | None]:
     return text, None
 
 
+def _network(
+    text: str,
+) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    """``text`` as an IP network in CIDR form (``10.0.0.0/8``), or None."""
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return None
+
+
 def parse_pattern(text: str, *, field: str, source: str = "") -> HostPattern:
     """Validate one policy entry; raise PolicyError naming the value and fix."""
 
@@ -402,6 +412,19 @@ def parse_pattern(text: str, *, field: str, source: str = "") -> HostPattern:
             f"as in {text.split('://', 1)[1].split('/', 1)[0]!r}"
         )
     if "/" in text:
+        network = _network(text)
+        if network is not None:
+            first = next(iter(network.hosts()), network.network_address)
+            allow = (
+                ""
+                if field.endswith(("deniedDomains", "--deny"))
+                else f"; to allow, list each address (as '{first}')"
+            )
+            raise fail(
+                f"{field} entry {text!r} is a network, and entries here are hosts "
+                "or single addresses; to refuse every address in it, list it in "
+                f"'network.deniedResolvedAddresses', which takes networks{allow}"
+            )
         raise fail(
             f"{field} entry {text!r} has a path; entries are hosts, "
             f"give only {text.split('/', 1)[0]!r}"

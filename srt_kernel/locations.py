@@ -134,8 +134,14 @@ def gather_context(base_dir: str | None = None) -> pol.Context:
     )
 
 
-def read_settings_file(path: str | os.PathLike[str], context: pol.Context) -> pol.Layer:
-    """Read one settings file given by name: every failure is an error."""
+def read_settings_file(
+    path: str | os.PathLike[str], context: pol.Context, *, named: bool = True
+) -> pol.Layer:
+    """Read one settings file: every failure is an error.
+
+    ``named`` says the user named it (``--settings``), so a fix may be to
+    drop the option.
+    """
     path = os.fspath(path)
     try:
         with open(path, encoding="utf-8") as f:
@@ -155,22 +161,47 @@ def read_settings_file(path: str | os.PathLike[str], context: pol.Context) -> po
             value=path,
             source=path,
         ) from exc
-    return pol.parse_settings_text(text, source=path, context=context)
+    return pol.parse_settings_text(text, source=path, context=context, named=named)
+
+
+def settings_file(settings: str | None = None) -> str | None:
+    """The settings file :func:`user_layers` reads, or None when there is none.
+
+    With ``settings`` given, that file; otherwise
+    ``~/.config/srt-kernel/settings.json`` when it exists, else
+    ``~/.srt-settings.json`` when that exists.
+    """
+    if settings is not None:
+        return settings
+    for candidate in (settings_path(), srt_settings_path()):
+        if os.path.exists(candidate):
+            return candidate
+    return None
+
+
+def settings_hint(settings: str | None = None) -> str:
+    """The settings file a fix should name: the one in use, else ours.
+
+    The home folder is shown as ``~``.
+    """
+    path = settings_file(settings) or settings_path()
+    h = home().rstrip("/")
+    absolute = os.path.abspath(path)
+    if h and absolute.startswith(h + "/"):
+        return "~" + absolute[len(h) :]
+    return absolute
 
 
 def user_layers(settings: str | None, context: pol.Context) -> list[pol.Layer]:
     """The trusted layers: the named file, or ours, or srt's; never a mix.
 
     With ``settings`` given, that file alone is used and must be readable.
-    Otherwise ``~/.config/srt-kernel/settings.json`` is used when it exists,
-    else ``~/.srt-settings.json`` when that exists, else nothing.
+    Otherwise the first of ours and srt's that exists (:func:`settings_file`).
     """
-    if settings is not None:
-        return [read_settings_file(settings, context)]
-    for candidate in (settings_path(), srt_settings_path()):
-        if os.path.exists(candidate):
-            return [read_settings_file(candidate, context)]
-    return []
+    path = settings_file(settings)
+    if path is None:
+        return []
+    return [read_settings_file(path, context, named=settings is not None)]
 
 
 def load_policy(

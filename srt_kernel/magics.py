@@ -399,20 +399,33 @@ class OneShot:
         sys.stderr.flush()
 
 
-def _blocks(policy: Any, outcome: Outcome, plan: Any, cwd: str) -> list[Any]:
+def _blocks(
+    args: argparse.Namespace, outcome: Outcome, plan: Any, cwd: str
+) -> list[Any]:
+    from srt_kernel import locations
     from srt_kernel.kernel import report
 
+    # The cell's own options are the fix: there is no kernel to restart.
+    advice = report.Advice(
+        settings=locations.settings_hint(args.settings),
+        magic=True,
+        no_network=args.no_network,
+    )
     blocks: list[report.Block] = []
     seen: set[tuple[str, int]] = set()
     for event in outcome.denials:
         if (event.host, event.port) not in seen:
             seen.add((event.host, event.port))
-            blocks.append(report.network_block(event.host, event.port, event.rule))
+            blocks.append(
+                report.network_block(
+                    event.host, event.port, event.rule, event.address, advice
+                )
+            )
     if outcome.cleaned:
-        blocks.append(report.output_block(outcome.cleaned))
+        blocks.append(report.output_block(outcome.cleaned, advice))
     if plan is not None:
         for op, path in report.file_paths(outcome.texts, cwd):
-            block = report.file_block(op, path, plan.resolved, plan.protected)
+            block = report.file_block(op, path, plan.resolved, plan.protected, advice)
             if block is not None:
                 blocks.append(block)
     return blocks
@@ -839,7 +852,7 @@ class SandboxMagics(Magics):
     ) -> Any:
         from srt_kernel.kernel import report
 
-        text = report.render(_blocks(policy, outcome, plan, os.getcwd()))
+        text = report.render(_blocks(args, outcome, plan, os.getcwd()))
         if text:
             _display({"text/plain": text})
 

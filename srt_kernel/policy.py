@@ -677,13 +677,23 @@ def parse_layer(data: object, *, source: str, context: Context, trusted: bool) -
 
 
 def parse_settings_text(
-    text: str, *, source: str, context: Context, trusted: bool = True
+    text: str,
+    *,
+    source: str,
+    context: Context,
+    trusted: bool = True,
+    named: bool = True,
 ) -> Layer:
-    """Parse the text of a settings file; an empty file is an error."""
+    """Parse the text of a settings file; an empty file is an error.
+
+    ``named`` says the file was named with ``--settings``: only then does a
+    fix suggest dropping that option.
+    """
     if text.strip() == "":
+        drop = "remove --settings" if named else "delete the file"
         raise SettingsFileError(
-            "the settings file is empty; write {} for no settings, or remove "
-            "--settings to use the defaults.",
+            f"the settings file is empty; write {{}} for no settings, or {drop} "
+            "to use the defaults.",
             field="settings",
             value=text,
             source=source,
@@ -691,9 +701,10 @@ def parse_settings_text(
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
+        drop = ", or remove --settings" if named else ""
         raise SettingsFileError(
             f"the settings file is not valid JSON (line {exc.lineno}, column "
-            f"{exc.colno}: {exc.msg}); fix it, or remove --settings.",
+            f"{exc.colno}: {exc.msg}); fix it{drop}.",
             field="settings",
             value=text[:80],
             source=source,

@@ -220,7 +220,7 @@ def load_ceiling(
 
     layers: list[pol.Layer] = []
     if system.exists():
-        layers.append(read_settings_file(system, context))
+        layers.append(read_settings_file(system, context, named=False))
     if user_ceiling is not None:
         layers.append(
             pol.parse_layer(

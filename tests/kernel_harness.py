@@ -126,7 +126,10 @@ def drain(q: Any, timeout: float = 0.5) -> list[dict[str, Any]]:
 
 
 def base_env(home: Path, runtime: Path, jupyter_path: Path) -> dict[str, str]:
-    return {
+    # PYTHONPATH is passed on, so that a checkout other than the installed
+    # one is the code under test
+    inherited = {k: os.environ[k] for k in ("PYTHONPATH",) if k in os.environ}
+    return inherited | {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(home),
         "LANG": "C.UTF-8",

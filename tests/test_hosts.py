@@ -168,6 +168,36 @@ def test_parse_pattern_accepts(
     )
 
 
+# A network in deniedDomains would, with only its address kept, deny one
+# address; the error sends it to deniedResolvedAddresses, which takes networks.
+@pytest.mark.parametrize(
+    ("field", "text", "message"),
+    [
+        (
+            "network.deniedDomains",
+            "10.0.0.0/8",
+            "network.deniedDomains entry '10.0.0.0/8' is a network, and entries "
+            "here are hosts or single addresses; to refuse every address in it, "
+            "list it in 'network.deniedResolvedAddresses', which takes networks",
+        ),
+        (
+            "network.allowedDomains",
+            "fd00::/8",
+            "network.allowedDomains entry 'fd00::/8' is a network, and entries "
+            "here are hosts or single addresses; to refuse every address in it, "
+            "list it in 'network.deniedResolvedAddresses', which takes networks; "
+            "to allow, list each address (as 'fd00::1')",
+        ),
+    ],
+)
+def test_a_network_entry_points_at_denied_resolved_addresses(
+    field: str, text: str, message: str
+) -> None:
+    with pytest.raises(PolicyError) as caught:
+        parse_pattern(text, field=field)
+    assert str(caught.value) == message
+
+
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [

@@ -313,7 +313,117 @@ def test_invalid_metadata_fails_closed(world: Env) -> None:
         result = run(kc, "open('x.txt', 'w')")
         assert "unknown setting 'network.allowedDomain'" in result.stderr
         assert result.reply["content"]["ename"] == "OSError"
+        # the fix is the metadata, not the settings
+        [report] = result.reports
+        assert report.endswith(
+            '  to allow: fix this notebook\'s "sandbox" metadata first (the note '
+            "above names the problem); until then cells run with no network and "
+            "no writes\n"
+        )
     assert not (world.project / "x.txt").exists()
+
+
+def test_metadata_that_narrows_writes_is_the_fix(world: Env) -> None:
+    (world.project / "out").mkdir()
+    set_sandbox_metadata(world.notebook, {"filesystem": {"allowWrite": ["./out"]}})
+    with kernel(world.env, world.project) as (_, kc):
+        result = run(kc, "open('x.txt', 'w')")
+        [report] = result.reports
+        assert report.endswith(
+            f"  why: outside every folder this code may write (allowWrite: "
+            f"{world.project}/out)\n"
+            f'  to allow: this notebook\'s "sandbox" metadata limits '
+            f'"filesystem.allowWrite" to {world.project}/out: add '
+            f'"{world.project}" there and restart the kernel\n'
+        )
+
+
+def test_invalid_settings_refuse_every_cell(world: Env) -> None:
+    # A kernel started by a frontend stays alive, runs nothing and says why.
+    settings = world.home / ".config" / "srt-kernel" / "settings.json"
+    settings.parent.mkdir(parents=True)
+    settings.write_text('{"network": {"allowedDomain": []}}')
+    with kernel(world.env, world.project) as (_, kc):
+        info = kc.kernel_info(reply=True, timeout=30)["content"]
+        assert info["banner"].startswith("srt-kernel runs no code: ")
+        result = run(kc, "open('x.txt', 'w').write('ran')")
+        assert result.status == "error"
+        content = result.reply["content"]
+        assert content["ename"] == "SandboxSettingsError"
+        assert content["evalue"] == (
+            f"your srt-kernel settings cannot be used, so no cell runs: {settings}: "
+            "unknown setting 'network.allowedDomain'; a misspelt key would "
+            "silently change nothing, so it is refused. Known keys here: "
+            "allowAllUnixSockets, allowLocalBinding, allowUnixSockets, "
+            "allowedDomains, deniedDomains, deniedResolvedAddresses, hostAddresses, "
+            "httpProxyPort, socksProxyPort. Fix the settings, then restart the "
+            "kernel."
+        )
+        [error] = result.of_type("error")
+        assert error["content"]["evalue"] == content["evalue"]
+        assert run(kc, "1").status == "error"
+    assert not (world.project / "x.txt").exists()
+
+
+def test_the_cells_own_no_network_is_the_fix(
+    world: Env, upstream: tuple[int, list[str]]
+) -> None:
+    port, seen = upstream
+    world.settings(
+        {
+            "network": {
+                "allowedDomains": ["allowed.test", f"127.0.0.1:{port}"],
+                "hostAddresses": {"allowed.test": "127.0.0.1"},
+            }
+        }
+    )
+    fetch = FETCH.format(host="allowed.test", port=port)
+    with kernel(world.env, world.project) as (_, kc):
+        cut = run(kc, f"%%sandbox --no-network\n{fetch}")
+        assert cut.reply["content"]["ename"] == "HTTPError"
+        [report] = cut.reports
+        assert report.endswith(
+            "  to allow: this cell's own %%sandbox --no-network cuts it off from "
+            "the network: remove that line\n"
+        )
+    assert seen == []
+
+
+def test_an_allowed_name_on_loopback_gets_the_working_fix(
+    world: Env, upstream: tuple[int, list[str]]
+) -> None:
+    port, seen = upstream
+    world.settings(
+        {
+            "network": {
+                "allowedDomains": ["allowed.test"],
+                "hostAddresses": {"allowed.test": "127.0.0.1"},
+            }
+        }
+    )
+    with kernel(world.env, world.project) as (_, kc):
+        blocked = run(kc, FETCH.format(host="allowed.test", port=port))
+        assert blocked.reply["content"]["ename"] == "HTTPError"
+        [report] = blocked.reports
+        assert report.endswith(
+            f"  why: resolved to 127.0.0.1 (loopback)\n"
+            f'  to allow: if you mean to reach it, add "127.0.0.1:{port}" to '
+            '"network.allowedDomains" in your settings '
+            "(~/.config/srt-kernel/settings.json) and restart the kernel\n"
+        )
+    assert seen == []
+    # the fix works
+    world.settings(
+        {
+            "network": {
+                "allowedDomains": ["allowed.test", f"127.0.0.1:{port}"],
+                "hostAddresses": {"allowed.test": "127.0.0.1"},
+            }
+        }
+    )
+    with kernel(world.env, world.project) as (_, kc):
+        ok = run(kc, FETCH.format(host="allowed.test", port=port))
+        assert ok.stdout == "upstream ok\n", ok.outputs
 
 
 def test_active_output_is_cleaned_and_reported(world: Env) -> None:
@@ -643,6 +753,29 @@ def test_pip_installs_into_the_notebooks_own_folder(world: Env) -> None:
     packages = world.home / ".local" / "share" / "srt-kernel" / "packages"
     assert list(packages.glob("*/tinypkg/__init__.py"))
     assert not (world.project / "tinypkg").exists()
+
+
+@pytest.mark.parametrize("where", ["ours", "srt"])
+def test_execute_with_invalid_settings_says_so_and_starts_nothing(
+    world: Env, where: str
+) -> None:
+    settings = (
+        world.home / ".config" / "srt-kernel" / "settings.json"
+        if where == "ours"
+        else world.home / ".srt-settings.json"
+    )
+    settings.parent.mkdir(parents=True, exist_ok=True)
+    settings.write_text("{not json")
+    write_notebook(world.project / "small.ipynb", None, ["print(6 * 7)"])
+    proc = _cli(world, "execute", "small.ipynb", "-o", "out.ipynb")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr == (
+        f"srt-kernel: error: {settings}: the settings file is not valid JSON (line "
+        "1, column 2: Expecting property name enclosed in double quotes); fix "
+        "it.\n"
+    )
+    assert proc.stdout == ""
+    assert not (world.project / "out.ipynb").exists()
 
 
 def test_execute_writes_into_a_new_folder(world: Env) -> None:

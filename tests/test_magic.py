@@ -210,6 +210,8 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tree]:
         "JUPYTER_RUNTIME_DIR": str(root / "jupyter-runtime"),
         "IPYTHONDIR": str(root / "ipython"),
     }
+    if "PYTHONPATH" in os.environ:  # the checkout under test, not the installed one
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     km = KernelManager(kernel_name="python3")
     km.start_kernel(env=env, cwd=str(project))
     kc = km.client()
@@ -650,7 +652,10 @@ open({str(target)!r}, "a")
     report = cell.report
     assert report.startswith("srt-kernel blocked 1 thing in this cell:")
     assert f"- write: {target}" in report
-    assert f'add "{tree.outside}" to "filesystem.allowWrite"' in report
+    # plain IPython has no kernel to restart: the fix is the magic's option
+    assert report.endswith(
+        f"  to allow: add --write {tree.outside} to the %%sandbox line\n"
+    )
 
 
 @pytest.mark.bwrap
@@ -732,6 +737,20 @@ for url in ["http://allowed.test:{pa}/a", "http://a.wild.test:{pa}/b",
     assert f"- network: deny.wild.test port {pa}" in report
     assert f"- network: other.test port {po}" in report
     assert f"- network: allowed.test port {po}" in report
+    # the settings file named with --settings is the one the fix names
+    assert (
+        f"- network: deny.wild.test port {pa}\n"
+        f"  why: deniedDomains entry 'deny.wild.test' (from {settings})\n"
+        f'  to allow: remove "deny.wild.test" from "network.deniedDomains" in your '
+        f"settings ({settings})\n"
+    ) in report
+    # an allowed name on loopback: the address with its port, as the proxy says
+    assert (
+        f"- network: allowed.test port {po}\n"
+        "  why: resolved to 127.0.0.1 (loopback)\n"
+        f"  to allow: if you mean to reach it, add --allow 127.0.0.1:{po} to the "
+        f"%%sandbox line\n"
+    ) in report
 
 
 @pytest.mark.bwrap
@@ -747,7 +766,10 @@ def test_allow_deny_and_no_network_options(
     # Nothing allowed in the settings: refused, and the upstream saw nothing.
     cell = tree.run(f"%%sandbox --settings {settings}\n{FETCH}\nprint(fetch({url!r}))")
     assert cell.stdout == "403 blocked-by-srt-kernel\n"
-    assert f"- network: allowed.test port {pa}" in cell.report
+    assert cell.report.endswith(
+        f"- network: allowed.test port {pa}\n  why: not in allowedDomains\n"
+        f"  to allow: add --allow allowed.test:{pa} to the %%sandbox line\n"
+    )
 
     # --allow widens for this cell only (the name and the loopback literal).
     opts = f"--settings {settings} --allow allowed.test --allow 127.0.0.1:{pa}"
@@ -765,6 +787,12 @@ def test_allow_deny_and_no_network_options(
     )
     first, _proxy = cell.stdout.splitlines()
     assert first in {"403 blocked-by-srt-kernel", "error URLError"}
+    if first.startswith("403"):
+        assert cell.report.endswith(
+            "  to allow: this cell's --no-network option cuts it off from the "
+            f"network: drop it (and add --allow allowed.test:{pa} to the "
+            "%%sandbox line if your settings do not allow it)\n"
+        )
     assert allowed.seen == ["/x"]
 
     # A raw socket that ignores the proxy variables reaches nothing.

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from srt_kernel import policy as pol
 from srt_kernel.errors import PolicyError, SettingsFileError
-from srt_kernel.locations import read_settings_file
+from srt_kernel.locations import read_settings_file, settings_hint
 
 CTX = pol.Context(home="/home/u", base_dir="/home/u/proj")
 
@@ -163,6 +163,48 @@ def test_bad_settings_files(tmp_path: Path, content: str, message: str) -> None:
     path.write_text(content)
     with pytest.raises(PolicyError, match=message):
         read_settings_file(path, CTX)
+
+
+def test_settings_errors_mention_settings_option_only_when_given(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "s.json"
+    path.write_text("{not json")
+    with pytest.raises(SettingsFileError) as named:
+        read_settings_file(path, CTX)
+    assert str(named.value) == (
+        f"{path}: the settings file is not valid JSON (line 1, column 2: "
+        "Expecting property name enclosed in double quotes); fix it, or remove "
+        "--settings."
+    )
+    with pytest.raises(SettingsFileError) as found:
+        read_settings_file(path, CTX, named=False)
+    assert str(found.value).endswith("double quotes); fix it.")
+    path.write_text(" ")
+    with pytest.raises(SettingsFileError) as empty:
+        read_settings_file(path, CTX, named=False)
+    assert str(empty.value) == (
+        f"{path}: the settings file is empty; write {{}} for no settings, or "
+        "delete the file to use the defaults."
+    )
+
+
+def test_settings_hint_names_the_file_in_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / ".config"))
+    # none yet: the one to create
+    assert settings_hint() == "~/.config/srt-kernel/settings.json"
+    (tmp_path / ".srt-settings.json").write_text("{}")
+    assert settings_hint() == "~/.srt-settings.json"
+    named = tmp_path / "elsewhere" / "mine.json"
+    assert settings_hint(str(named)) == "~/elsewhere/mine.json"
+    assert settings_hint("/etc/srt.json") == "/etc/srt.json"
+    ours = tmp_path / ".config" / "srt-kernel" / "settings.json"
+    ours.parent.mkdir(parents=True)
+    ours.write_text("{}")
+    assert settings_hint() == "~/.config/srt-kernel/settings.json"
 
 
 def test_missing_settings_file_is_an_error_not_a_fallback(tmp_path: Path) -> None:

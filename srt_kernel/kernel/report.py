@@ -8,11 +8,15 @@ and documented in the README ("Block reports")::
     - network: other.test port 443 (https)
       why: not in allowedDomains
       to allow: add "other.test" to "network.allowedDomains" in your settings
-      (~/.config/srt-kernel/settings.json) and in this notebook's
-      "sandbox" metadata
+      (~/.config/srt-kernel/settings.json) and restart the kernel; ...
     - write: /etc/passwd
-      why: outside every folder this notebook may write
+      why: outside every folder this code may write (allowWrite: ...)
       to allow: ...
+
+Each fix is one that works where the cell ran (:class:`Advice`): the
+settings file actually in use, the ``%%sandbox`` line's own options in
+plain IPython, the notebook's metadata where it is what limits, the
+cell's own ``%%sandbox --no-network``.
 
 The OS does not report refused file accesses, so file refusals are read
 from the error texts that reach the cell (``PermissionError``, "Read-only
@@ -22,14 +26,15 @@ and explained against the policy.
 
 from __future__ import annotations
 
+import ipaddress
 import posixpath
 import re
 from collections.abc import Iterable, Sequence
 
-from srt_kernel.policy import FilesystemPolicy, is_within
-from srt_kernel.record import Record
-
-SETTINGS_HINT = "~/.config/srt-kernel/settings.json"
+from srt_kernel.errors import HostError
+from srt_kernel.hosts import Host, parse_host
+from srt_kernel.policy import FilesystemPolicy, Layer, Policy, is_within
+from srt_kernel.record import Record, replace
 
 # Python's OSError text and the coreutils/shell forms of the same errors.
 _PATTERNS = (
@@ -50,6 +55,12 @@ _PATTERNS = (
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
+#: The entry a deny rule names, as decision.py quotes it.
+_DENIED_ENTRY = re.compile(r"deniedDomains entry '([^']*)'(?: \(from (.*)\))?")
+_DENIED_NETWORK = re.compile(r"in deniedResolvedAddresses (\S+)")
+
+METADATA = 'this notebook\'s "sandbox" metadata'
+
 
 class Block(Record):
     """One refusal, ready to be shown."""
@@ -63,37 +74,179 @@ class Block(Record):
         return f"- {self.kind}: {self.what}\n  why: {self.why}\n  to allow: {self.fix}"
 
 
-def network_block(host: str, port: int, rule: str) -> Block:
-    """A proxy refusal as a block."""
+class Advice(Record):
+    """What the fixes in a report may point at, for where the cell ran.
+
+    ``settings`` is the settings file in use (or the one to create), as
+    shown.  ``magic`` is set for a ``%%sandbox`` cell in plain IPython,
+    whose own options are the fix (there is no kernel to restart);
+    ``no_network`` says its line had ``--no-network``.  For the kernel,
+    ``base`` is the policy of the user's settings before the notebook's
+    metadata, ``policy`` the one in force before the cell's own narrowing
+    ``cell`` (a ``%%sandbox`` line in the cell), and ``closed`` names what
+    made the kernel fail closed (``METADATA``), if anything.
+    """
+
+    settings: str = "~/.config/srt-kernel/settings.json"
+    magic: bool = False
+    no_network: bool = False
+    base: Policy | None = None
+    policy: Policy | None = None
+    cell: Layer | None = None
+    closed: str = ""
+
+    def in_settings(self, change: str) -> str:
+        """``change`` made in the user's settings, and what else it takes."""
+        text = f"{change} in your settings ({self.settings})"
+        return text if self.magic else text + " and restart the kernel"
+
+    def closed_fix(self) -> str:
+        return (
+            f"fix {self.closed} first (the note above names the problem); until "
+            "then cells run with no network and no writes"
+        )
+
+
+def _host(text: str) -> Host | None:
+    try:
+        return parse_host(text)
+    except HostError:
+        return None
+
+
+def _allowed(policy: Policy | None, host: Host | None, port: int) -> bool:
+    if policy is None or host is None:
+        return False
+    # here: the decision module imports typing, which the kernel's start-up skips
+    from srt_kernel.proxy.decision import decide_host
+
+    return decide_host(policy.network, host, port).allowed
+
+
+def _address_entry(address: str | None, port: int) -> str | None:
+    """``127.0.0.1:50055`` or ``[::1]:443`` for a dialled address."""
+    if not address:
+        return None
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return None
+    return f"{Host(ip=ip).for_url()}:{port}"
+
+
+def network_block(
+    host: str,
+    port: int,
+    rule: str,
+    address: str | None = None,
+    advice: Advice | None = None,
+) -> Block:
+    """A proxy refusal as a block; ``address`` is the one the name resolved to."""
+    advice = advice or Advice()
     scheme = {80: " (http)", 443: " (https)"}.get(port, "")
-    entry = host if port in (80, 443) else f"{host}:{port}"
-    if "resolved to" in rule:
-        fix = (
-            f"the name leads to a protected address; add the address with its port "
-            f'(for example "{entry}") to "network.allowedDomains" only if you '
-            "really mean to reach it"
-        )
-    elif "deniedDomains" in rule:
-        fix = f'remove the deniedDomains entry that matches "{host}" ({SETTINGS_HINT})'
-    else:
-        fix = (
-            f'add "{entry}" to "network.allowedDomains" in your settings '
-            f'({SETTINGS_HINT}); if this notebook\'s "sandbox" metadata lists '
-            "allowedDomains, add it there too"
-        )
+    fix = _network_fix(host, port, rule, address, advice)
     return Block("network", f"{host} port {port}{scheme}", rule, fix)
 
 
-def output_block(found: Sequence[str]) -> Block:
+def _network_fix(
+    host: str, port: int, rule: str, address: str | None, advice: Advice
+) -> str:
+    entry = host if port in (80, 443) else f"{host}:{port}"
+    parsed = _host(host)
+    if rule.startswith(("invalid host", "bad type", "port 0")):
+        return "nothing to allow: the request did not name a valid host and port"
+
+    denied = _DENIED_ENTRY.search(rule)
+    if denied is not None:
+        pattern, origin = denied.group(1), denied.group(2) or ""
+        if origin == "command line" and advice.magic:
+            return f"remove --deny {pattern} from the %%sandbox line"
+        if origin.startswith("%%sandbox"):
+            return f"remove --deny {pattern} from this cell's %%sandbox line"
+        if origin.startswith("notebook metadata"):
+            return f'remove "{pattern}" from "network.deniedDomains" in {METADATA}'
+        return advice.in_settings(f'remove "{pattern}" from "network.deniedDomains"')
+
+    if advice.closed:
+        return advice.closed_fix()
+
+    if "name lookup failed" in rule or "the name has no address" in rule:
+        # The name is allowed: allowing it again changes nothing.
+        return (
+            f"{host} is allowed but has no address here: check the name and this "
+            "machine's DNS, or "
+            + advice.in_settings(
+                f'give it an address in "network.hostAddresses" '
+                f'(for example {{"{host}": "192.0.2.7"}})'
+            )
+        )
+
+    resolved = _DENIED_NETWORK.search(rule)
+    literal = _address_entry(address, port)
+    if rule.startswith("resolved to") or ", resolved to" in rule:
+        target = literal or entry
+        if advice.magic:
+            fix = f"if you mean to reach it, add --allow {target} to the %%sandbox line"
+        else:
+            fix = "if you mean to reach it, " + advice.in_settings(
+                f'add "{target}" to "network.allowedDomains"'
+            )
+        if resolved is not None:
+            fix = (
+                f'remove {resolved.group(1)} from "network.deniedResolvedAddresses", '
+                "or " + fix
+            )
+        return fix
+
+    if " only on port " in rule and parsed is not None:
+        entry = f"{parsed.for_url()}:{port}"
+    return _allow_fix(entry, parsed, port, advice)
+
+
+def _allow_fix(entry: str, host: Host | None, port: int, advice: Advice) -> str:
+    """How to allow a host that no allowedDomains entry matched."""
+    if advice.magic:
+        if advice.no_network:
+            return (
+                "this cell's --no-network option cuts it off from the network: "
+                f"drop it (and add --allow {entry} to the %%sandbox line if your "
+                "settings do not allow it)"
+            )
+        return f"add --allow {entry} to the %%sandbox line"
+    cell = advice.cell
+    if cell is not None and cell.allowed_domains is not None:
+        if not cell.allowed_domains:
+            own = (
+                "this cell's own %%sandbox --no-network cuts it off from the "
+                "network: remove that line"
+            )
+            if _allowed(advice.policy, host, port):
+                return own
+            return (
+                own
+                + ", and "
+                + _allow_fix(entry, host, port, replace(advice, cell=None))
+            )
+        if host is None or not any(p.matches(host, port) for p in cell.allowed_domains):
+            return f"add --allow {entry} to this cell's %%sandbox line"
+    if _allowed(advice.base, host, port):
+        return f'{METADATA} limits "network.allowedDomains": add "{entry}" there'
+    return advice.in_settings(f'add "{entry}" to "network.allowedDomains"') + (
+        f"; if {METADATA} lists allowedDomains, add it there too"
+    )
+
+
+def output_block(found: Sequence[str], advice: Advice | None = None) -> Block:
     """Active content removed from the cell's outputs."""
+    advice = advice or Advice()
     return Block(
         "output",
         "; ".join(found[:6]) + (" ..." if len(found) > 6 else ""),
         "active content in an output runs in your browser with your Jupyter "
         "login (it could call Jupyter's API, start kernels, write files); it was "
         "removed and the rest of the output kept",
-        '"output.allowActiveContent": true in your settings '
-        f"({SETTINGS_HINT}) lets it through, for every notebook",
+        advice.in_settings('"output.allowActiveContent": true')
+        + " lets it through, for every notebook",
     )
 
 
@@ -118,8 +271,11 @@ def file_block(
     path: str,
     fs: FilesystemPolicy,
     protected: Sequence[str],
+    advice: Advice | None = None,
 ) -> Block | None:
     """Explain a refused file access against the policy, or None if it was not ours."""
+    advice = advice or Advice()
+    base = advice.base.filesystem if advice.base is not None else None
     if op == "missing":
         if fs.readable(path):
             return None  # a plain missing file, not the sandbox
@@ -137,12 +293,20 @@ def file_block(
             ),
             path,
         )
+        if advice.magic:
+            fix = f"add --allow-read {path} to the %%sandbox line"
+        elif base is not None and base.readable(path):
+            fix = (
+                f'{METADATA} denies it: remove {rule} from its "filesystem.denyRead" '
+                "and restart the kernel"
+            )
+        else:
+            fix = advice.in_settings(
+                f'add "{path}" to "filesystem.allowRead", or remove {rule} from '
+                "denyRead,"
+            )
         return Block(
-            "read",
-            path,
-            f'read-denied by "filesystem.denyRead" entry {rule}',
-            f'add "{path}" to "filesystem.allowRead" in your settings '
-            f"({SETTINGS_HINT}), or remove {rule} from denyRead",
+            "read", path, f'read-denied by "filesystem.denyRead" entry {rule}', fix
         )
     if op == "read":
         return None
@@ -161,21 +325,44 @@ def file_block(
         )
     deny = next((d for d in fs.deny_write if is_within(path, d)), None)
     if deny is not None:
+        if _source(fs, deny, "denyWrite") == "command line" and advice.magic:
+            fix = f"remove --deny-write {deny} from the %%sandbox line"
+        elif base is not None and deny not in base.deny_write:
+            fix = (
+                f'{METADATA} denies it: remove {deny} from its "filesystem.denyWrite" '
+                "and restart the kernel"
+            )
+        else:
+            fix = advice.in_settings(f'remove {deny} from "filesystem.denyWrite"')
         return Block(
-            "write",
-            path,
-            f'write-denied by "filesystem.denyWrite" entry {deny}',
-            f"remove {deny} from denyWrite in your settings ({SETTINGS_HINT})",
+            "write", path, f'write-denied by "filesystem.denyWrite" entry {deny}', fix
         )
     roots = ", ".join(fs.allow_write) or "none"
     folder = posixpath.dirname(path)
+    if advice.magic:
+        fix = f"add --write {folder} to the %%sandbox line"
+    elif advice.closed:
+        fix = advice.closed_fix()
+    elif base is not None and base.writable(path):
+        fix = (
+            f'{METADATA} limits "filesystem.allowWrite" to {roots}: add "{folder}" '
+            "there and restart the kernel"
+        )
+    else:
+        fix = advice.in_settings(f'add "{folder}" to "filesystem.allowWrite"')
+        if base is not None and base.allow_write != fs.allow_write:
+            fix += f'; {METADATA} limits "filesystem.allowWrite" too: add it there'
     return Block(
         "write",
         path,
         f"outside every folder this code may write (allowWrite: {roots})",
-        f'add "{folder}" to "filesystem.allowWrite" in your settings '
-        f"({SETTINGS_HINT}) and restart the kernel",
+        fix,
     )
+
+
+def _source(fs: FilesystemPolicy, path: str, rule: str) -> str:
+    """Where the ``rule`` entry ``path`` came from, or ""."""
+    return next((s for p, r, s in fs.sources if p == path and r == rule), "")
 
 
 def _protected_component(path: str) -> str | None:

@@ -622,7 +622,8 @@ class Supervisor:
 
         if request.msg_type != "execute_request":
             return []
-        if self.narrowings.pop(request.msg_id, None) is not None:
+        narrowing = self.narrowings.pop(request.msg_id, None)
+        if narrowing is not None:
             self._apply_network()
         with self.lock:
             record = self.cells.pop(request.msg_id, CellRecord())
@@ -648,7 +649,7 @@ class Supervisor:
                 Output("stream", {"name": "stderr", "text": text}, {"kind": "notice"})
             )
 
-        blocks = self._blocks(record) + self._neutralise()
+        blocks = self._blocks(record, narrowing) + self._neutralise()
         if blocks:
             outputs.append(
                 Output(
@@ -708,24 +709,54 @@ class Supervisor:
             )
         return blocks
 
-    def _blocks(self, record: CellRecord) -> list[report.Block]:
+    def _advice(self, narrowing: pol.Layer | None) -> report.Advice:
+        """What the cell's fixes may point at: settings, metadata, the cell."""
+        return report.Advice(
+            settings=locations.settings_hint(),
+            base=self.base,
+            policy=self.state.policy,
+            cell=narrowing,
+            closed=report.METADATA if self.state.problem else "",
+        )
+
+    def _blocks(
+        self, record: CellRecord, narrowing: pol.Layer | None = None
+    ) -> list[report.Block]:
         blocks: list[report.Block] = []
         seen: set[tuple[str, int]] = set()
+        advice = self._advice(narrowing)
         for event in self._denials_between(record.started, record.ended):
             if (event.host, event.port) in seen:
                 continue
             seen.add((event.host, event.port))
-            blocks.append(report.network_block(event.host, event.port, event.rule))
+            blocks.append(
+                report.network_block(
+                    event.host, event.port, event.rule, event.address, advice
+                )
+            )
         if record.cleaned:
-            blocks.append(report.output_block(record.cleaned))
+            blocks.append(report.output_block(record.cleaned, advice))
         plan = self.sandbox.plan if self.sandbox is not None else None
         if plan is not None:
             cwd = str(self.notebook.parent) if self.notebook else self.cwd
             for op, path in report.file_paths(record.texts, cwd):
-                block = report.file_block(op, path, plan.resolved, plan.protected)
+                block = report.file_block(
+                    op, path, plan.resolved, plan.protected, advice
+                )
                 if block is not None:
                     blocks.append(block)
         return blocks
+
+
+def settings_problem(exc: PolicyError) -> str:
+    """What every cell says when the user's settings cannot be used."""
+    text = str(exc).rstrip()
+    if not text.endswith("."):
+        text += "."
+    return (
+        f"your srt-kernel settings cannot be used, so no cell runs: {text} "
+        "Fix the settings, then restart the kernel."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -737,7 +768,15 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(level="WARNING", format="srt-kernel: %(message)s")
     supervisor: Supervisor | None = None
     try:
-        supervisor = Supervisor(args[1])
+        try:
+            supervisor = Supervisor(args[1])
+        except PolicyError as exc:
+            # Invalid settings: a live kernel that runs nothing and says why,
+            # rather than a dead one (see srt_kernel.kernel.refusal).
+            print(f"srt-kernel: error: {exc}", file=sys.stderr)
+            from srt_kernel.kernel.refusal import serve
+
+            return serve(args[1], settings_problem(exc))
         sup = supervisor
 
         def on_interrupt(_signum: int, _frame: FrameType | None) -> None:
