@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -346,3 +347,30 @@ def test_cell_can_narrow_but_never_widen(
         assert files.reply["content"]["ename"] == "UsageError"
         assert "narrows the network only" in files.reply["content"]["evalue"]
     assert seen == [f"allowed.test:{port}"]
+
+
+@pytest.mark.bwrap
+def test_a_narrowed_cell_is_the_cell_itself(world: Env) -> None:
+    with kernel(world.env, world.project) as (_, kc):
+        failed = run(kc, "%%sandbox --no-network\nprint('start')\n1/0")
+        assert failed.status == "error"
+        assert failed.reply["content"]["ename"] == "ZeroDivisionError"
+        assert failed.stdout == "start\n"
+        # one error output, labelled with this cell's prompt and line
+        [error] = failed.of_type("error")
+        count = failed.reply["content"]["execution_count"]
+        text = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(error["content"]["traceback"]))
+        assert f"Cell In[{count}], line 3" in text
+        assert "magics.py" not in text
+        # the value is the cell's own Out
+        value = run(kc, "%%sandbox --no-network\n40 + 2")
+        [result] = value.of_type("execute_result")
+        assert result["content"]["execution_count"] == count + 1
+        assert result["content"]["data"]["text/plain"] == "42"
+        # a call the supervisor cannot see would not be narrowed: refused
+        called = run(
+            kc, "get_ipython().run_cell_magic('sandbox', '--no-network', 'print(1)')"
+        )
+        assert called.reply["content"]["ename"] == "UsageError"
+        assert "first line of a cell" in called.reply["content"]["evalue"]
+        assert called.stdout == ""
