@@ -4,7 +4,8 @@
 can build one, ``policy`` shows the policy that would apply and where each
 part comes from.  Exit statuses: the command's own for ``run``; 2 for a
 mistake in the settings or options (nothing ran); 125 when the sandbox
-could not be built (nothing ran).
+could not be built (nothing ran); 1 when another command could not do its
+work (a kernelspec folder that cannot be written, say).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from srt_kernel.log import get_logger
 
 logger = get_logger(__name__)
 
+FAILED = 1
 USAGE_ERROR = 2
 SANDBOX_FAILED = 125
 
@@ -487,8 +489,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"srt-kernel: {exc}\n\n{exc.diagnosis}", file=sys.stderr)
         return SANDBOX_FAILED
     except SrtKernelError as exc:
-        print(f"srt-kernel: {exc}", file=sys.stderr)
-        return SANDBOX_FAILED
+        print(f"srt-kernel: error: {exc}", file=sys.stderr)
+        # only run builds a sandbox; elsewhere this is a plain failure
+        return SANDBOX_FAILED if args.command == "run" else FAILED
 
 
 def entry() -> None:
