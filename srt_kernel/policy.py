@@ -141,11 +141,16 @@ _SRT_IGNORED: dict[str, str] = {
         "on Linux a seccomp filter cannot tell socket paths apart; use "
         "network.allowAllUnixSockets to lift the Unix-socket ban entirely"
     ),
+    # the ports are sandbox/plan.py's HTTP_PORT and SOCKS_PORT
     "network.httpProxyPort": (
-        "srt-kernel always runs its own proxy on a private Unix socket"
+        "srt-kernel's proxy always listens on 127.0.0.1:3128 (HTTP) and "
+        "127.0.0.1:1080 (SOCKS5) of the sandbox's own loopback, and the proxy "
+        "variables point there"
     ),
     "network.socksProxyPort": (
-        "srt-kernel always runs its own proxy on a private Unix socket"
+        "srt-kernel's proxy always listens on 127.0.0.1:3128 (HTTP) and "
+        "127.0.0.1:1080 (SOCKS5) of the sandbox's own loopback, and the proxy "
+        "variables point there"
     ),
     "ripgrep": "srt-kernel scans for protected names in Python, at full depth",
     "mandatoryDenySearchDepth": (

@@ -117,6 +117,21 @@ def test_srt_keys_we_do_not_implement_warn() -> None:
     assert any("ignoreViolations is not used" in w for w in layer.warnings)
 
 
+def test_srt_proxy_port_keys_warn_with_the_ports_we_use() -> None:
+    from srt_kernel.sandbox.plan import HTTP_PORT, SOCKS_PORT
+
+    layer = parse({"network": {"httpProxyPort": 8080, "socksProxyPort": 1081}})
+    why = (
+        f"srt-kernel's proxy always listens on 127.0.0.1:{HTTP_PORT} (HTTP) and "
+        f"127.0.0.1:{SOCKS_PORT} (SOCKS5) of the sandbox's own loopback, and the "
+        "proxy variables point there."
+    )
+    assert layer.warnings == (
+        f"settings.json: network.httpProxyPort is not used: {why}",
+        f"settings.json: network.socksProxyPort is not used: {why}",
+    )
+
+
 def test_srt_settings_file_loads() -> None:
     srt = {
         "network": {
