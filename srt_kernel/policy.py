@@ -997,10 +997,21 @@ def describe(policy: Policy) -> str:
         for path in paths:
             origin_of = where.get((path, rule), "combined layers")
             lines.append(f"  {rule:<10} {path:<40} from {origin_of}")
+    what = "protected names in writable folders (.bashrc, .git/hooks, ...)"
     if policy.protected:
+        what = (
+            f"{len(policy.protected)} protected paths (config, start-up and "
+            f"kernelspec folders) and the {what}"
+        )
+    else:
+        what = what.capitalize()
+    but = ", except:" if policy.unprotected else ""
+    lines.append(f"  {what} are never writable{but}")
+    for path in policy.unprotected:
+        effect = "" if fs.writable(path) else " (no effect: not in a writable folder)"
         lines.append(
-            f"  {len(policy.protected)} protected paths (config, start-up and "
-            "kernelspec folders) are never writable"
+            f"  {'writable':<10} {path:<40} from your settings "
+            f"(dangerouslyAllowWriteToProtectedPaths){effect}"
         )
     lines.append(
         "Environment: " + ", ".join(BASE_ENV_ALLOW[:4] + policy.env_allow) + ", ..."

@@ -182,6 +182,23 @@ def test_protected_folder_cannot_be_renamed_away(sbx: SandboxRunner) -> None:
     assert (repo / ".git" / "hooks").is_dir()
 
 
+# A protected name the user made writable in settings is writable and not
+# reported; the same name deeper down still is.
+def test_unprotected_name_is_writable_and_not_reported(sbx: SandboxRunner) -> None:
+    result = sbx.run(
+        ["sh", "-c", "echo x >> .bashrc && mkdir sub && echo y > sub/.bashrc"],
+        settings={"dangerouslyAllowWriteToProtectedPaths": [".bashrc"]},
+    )
+    assert result.status == 0, result.stderr
+    assert (sbx.project / ".bashrc").read_text() == "x\n"
+    deeper = os.path.realpath(sbx.project / "sub" / ".bashrc")
+    assert result.stderr == (
+        f"srt-kernel: warning: the command created {deeper}, a protected name "
+        "that trusted tools read or run; it could not be blocked because it "
+        "appeared during the run. Review or delete it.\n"
+    )
+
+
 def test_created_protected_name_is_reported(sbx: SandboxRunner) -> None:
     code = "import os; os.makedirs('x/y/.git/hooks'); open('x/y/.git/hooks/post-checkout','w').write('evil')"
     result = sbx.py(code)

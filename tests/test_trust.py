@@ -294,11 +294,21 @@ print(json.dumps(results, sort_keys=True))
 def test_dangerous_setting_makes_a_protected_path_writable(world: Env) -> None:
     (world.project / ".vscode").mkdir()
     world.settings(
-        {"dangerouslyAllowWriteToProtectedPaths": [str(world.project / ".vscode")]}
+        {
+            "dangerouslyAllowWriteToProtectedPaths": [
+                str(world.project / ".vscode"),
+                str(world.project / ".envrc"),
+            ]
+        }
     )
     with kernel(world.env, world.project) as (_, kc):
         ok = run(kc, "open('.vscode/settings.json', 'w').write('{}')")
         assert ok.status == "ok", ok.outputs
+        # created during a cell, it is neither reported nor moved aside
+        created = run(kc, "open('.envrc', 'w').write('export A=1\\n')")
+        assert created.status == "ok", created.outputs
+        assert created.reports == []
+        assert (world.project / ".envrc").read_text() == "export A=1\n"
         still = run(kc, "open('.bashrc', 'a').write('x')")
         assert still.reply["content"]["ename"] == "OSError"
 
