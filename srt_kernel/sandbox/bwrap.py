@@ -142,6 +142,17 @@ class Sandbox(Record, frozen=False):
 
     def prepare(self) -> SandboxPlan:
         """Gather facts and plan, without starting anything."""
+        if os.environ.get("SRT_KERNEL_SANDBOX") == "1":
+            # said before anything fails for it (placeholders in read-only
+            # folders, bubblewrap refused a user namespace); doctor is
+            # imported only here, as a run pays for every import
+            from srt_kernel import doctor
+
+            raise SandboxUnavailable(
+                "this is already inside an srt-kernel sandbox, where no sandbox "
+                "can be built, so the command was not run.",
+                diagnosis=doctor.NESTED_FIX,
+            )
         bwrap = find_bwrap()
         if self.run is None:
             self.run = RunDir.create(locations.runtime_root())
