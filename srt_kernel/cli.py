@@ -316,10 +316,12 @@ def _command_from_args(args: argparse.Namespace) -> list[str]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from srt_kernel.sandbox.bwrap import run_command
+    from srt_kernel.sandbox.facts import missing_writable
 
     policy = _policy_from_args(args)
     command = _command_from_args(args)
-    for note in policy.notes:
+    missing = missing_writable(policy)
+    for note in (*policy.notes, *pol.missing_write_notes(policy, missing)):
         print(f"srt-kernel: note: {note}", file=sys.stderr)
     return run_command(policy, command, cwd=os.getcwd(), debug=args.debug)
 
@@ -333,8 +335,13 @@ def cmd_doctor(_args: argparse.Namespace) -> int:
 
 
 def cmd_policy(args: argparse.Namespace) -> int:
+    from srt_kernel.sandbox.facts import missing_writable
+
     if args.notebook is None:
-        print(pol.describe(_policy_from_args(args)))
+        policy = _policy_from_args(args)
+        print(pol.describe(policy))
+        for note in pol.missing_write_notes(policy, missing_writable(policy)):
+            print(f"Note: {note}")
         return 0
     from srt_kernel.kernel.notebook import existing_notebook, notebook_policy
 

@@ -964,6 +964,27 @@ def with_options(
     return policy
 
 
+def missing_write_notes(policy: Policy, missing: Sequence[str]) -> list[str]:
+    """One note per writable folder in ``missing`` (gathered by the caller).
+
+    A folder that does not exist is no writable folder: the sandbox cannot
+    create it (its parent is read-only there), and it is never created for
+    the user, since a notebook's metadata, which is untrusted, names such
+    folders too.  The note names the folder, where the rule came from, and
+    the fix.
+    """
+    origin = {
+        p: src for p, rule, src in policy.filesystem.sources if rule == "allowWrite"
+    }
+    return [
+        f"allowWrite {path} (from {origin.get(path, 'combined layers')}) does not "
+        "exist, so nothing can be written there: the sandbox cannot create it. "
+        f"Create it first (mkdir -p {path}), then start again (for a notebook, "
+        "restart its kernel)."
+        for path in missing
+    ]
+
+
 # --------------------------------------------------------------------------
 # Display
 
