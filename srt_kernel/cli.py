@@ -4,7 +4,8 @@
 can build one, ``policy`` shows the policy that would apply and where each
 part comes from.  Exit statuses: the command's own for ``run``; 2 for a
 mistake in the settings or options (nothing ran); 125 when the sandbox
-could not be built (nothing ran).
+could not be built (nothing ran); 1 when another command could not do its
+work (a kernelspec folder that cannot be written, say).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from srt_kernel.log import get_logger
 
 logger = get_logger(__name__)
 
+FAILED = 1
 USAGE_ERROR = 2
 SANDBOX_FAILED = 125
 
@@ -314,10 +316,12 @@ def _command_from_args(args: argparse.Namespace) -> list[str]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from srt_kernel.sandbox.bwrap import run_command
+    from srt_kernel.sandbox.facts import missing_writable
 
     policy = _policy_from_args(args)
     command = _command_from_args(args)
-    for note in policy.notes:
+    missing = missing_writable(policy)
+    for note in (*policy.notes, *pol.missing_write_notes(policy, missing)):
         print(f"srt-kernel: note: {note}", file=sys.stderr)
     return run_command(policy, command, cwd=os.getcwd(), debug=args.debug)
 
@@ -331,8 +335,13 @@ def cmd_doctor(_args: argparse.Namespace) -> int:
 
 
 def cmd_policy(args: argparse.Namespace) -> int:
+    from srt_kernel.sandbox.facts import missing_writable
+
     if args.notebook is None:
-        print(pol.describe(_policy_from_args(args)))
+        policy = _policy_from_args(args)
+        print(pol.describe(policy))
+        for note in pol.missing_write_notes(policy, missing_writable(policy)):
+            print(f"Note: {note}")
         return 0
     from srt_kernel.kernel.notebook import existing_notebook, notebook_policy
 
@@ -493,8 +502,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"srt-kernel: {exc}\n\n{exc.diagnosis}", file=sys.stderr)
         return SANDBOX_FAILED
     except SrtKernelError as exc:
-        print(f"srt-kernel: {exc}", file=sys.stderr)
-        return SANDBOX_FAILED
+        print(f"srt-kernel: error: {exc}", file=sys.stderr)
+        # only run builds a sandbox; elsewhere this is a plain failure
+        return SANDBOX_FAILED if args.command == "run" else FAILED
 
 
 def entry() -> None:

@@ -41,6 +41,11 @@ class Diagnosis(Record, frozen=False):
                 lines.extend(f"       {line}" for line in c.fix.splitlines())
         if self.ok:
             lines.append("The sandbox can run on this machine.")
+        elif inside_sandbox():
+            lines.append(
+                "No sandbox can be built from inside this srt-kernel sandbox; run "
+                "srt-kernel doctor on the host to check the machine itself."
+            )
         else:
             lines.append(
                 "The sandbox cannot run on this machine; srt-kernel will refuse "
@@ -61,6 +66,24 @@ def install_hint() -> str:
         "  sudo dnf install bubblewrap        (Fedora)\n"
         "  sudo pacman -S bubblewrap          (Arch)"
     )
+
+
+#: What to do when srt-kernel is asked to build a sandbox inside its own.
+NESTED_FIX = (
+    "srt-kernel sandboxes do not nest: new user namespaces are disabled inside "
+    "one, so bubblewrap cannot start there. Run the command as it is (it is "
+    "already sandboxed, under the outer sandbox's policy), or run srt-kernel on "
+    "the host. If this is not a sandbox, unset SRT_KERNEL_SANDBOX."
+)
+
+
+def inside_sandbox() -> bool:
+    """Whether this process says it runs inside an srt-kernel sandbox.
+
+    Every srt-kernel sandbox sets ``SRT_KERNEL_SANDBOX=1``; the variable is
+    only used to explain a failure, never to loosen anything.
+    """
+    return os.environ.get("SRT_KERNEL_SANDBOX") == "1"
 
 
 def _read_int(path: str) -> int | None:
@@ -90,6 +113,8 @@ def _check_bwrap() -> tuple[Check, str | None]:
 
 
 def _userns_fix() -> str:
+    if inside_sandbox():
+        return 'Expected inside an srt-kernel sandbox: see "not nested" above.'
     fixes = []
     if _read_int("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") == 1:
         fixes.append(
@@ -212,6 +237,15 @@ def _check_landlock() -> Check:
 def diagnose() -> Diagnosis:
     """Run every check."""
     diagnosis = Diagnosis()
+    if inside_sandbox():
+        diagnosis.checks.append(
+            Check(
+                "not nested",
+                False,
+                "this runs inside an srt-kernel sandbox (SRT_KERNEL_SANDBOX=1)",
+                NESTED_FIX,
+            )
+        )
     check, bwrap = _check_bwrap()
     diagnosis.checks.append(check)
     if bwrap is not None:

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from srt_kernel.errors import KernelError
+from srt_kernel.errors import KernelError, PolicyError
 from srt_kernel.kernel.notebook import existing_notebook
 from srt_kernel.record import Record, field
 
@@ -58,6 +58,36 @@ def _first_line(source: str) -> str:
     return "(empty)"
 
 
+def kernel_label(kernel_name: str) -> str:
+    """How the progress line names the kernel: sandboxed or not, truthfully.
+
+    A kernelspec is the sandboxed kernel when its argv runs this package's
+    supervisor (``python -m srt_kernel.kernel``), whatever it is called; any
+    other kernel runs the cells without a sandbox and without the
+    notebook's policy, and the line says so.
+    """
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        spec = KernelSpecManager().get_kernel_spec(kernel_name)
+    except NoSuchKernel as exc:
+        raise PolicyError(
+            f"no kernel named {kernel_name!r} is installed; run "
+            "`srt-kernel install --user` first, or name an installed one "
+            "(`jupyter kernelspec list`).",
+            field="--kernel",
+            value=kernel_name,
+            source="command line",
+        ) from exc
+    if spec.argv[1:3] == ["-m", "srt_kernel.kernel"]:
+        return f"the sandboxed kernel {kernel_name!r}"
+    return (
+        f"the kernel {kernel_name!r} ({spec.display_name}), which is not "
+        "sandboxed: its cells run with your full access, and the notebook's "
+        "sandbox policy does not apply"
+    )
+
+
 def execute_notebook(
     path: str,
     *,
@@ -69,11 +99,11 @@ def execute_notebook(
 ) -> int:
     """Run the notebook at ``path``; return the exit status for the CLI."""
     import nbformat
-    from jupyter_client.kernelspec import NoSuchKernel
     from nbclient import NotebookClient
 
     stream = out or sys.stdout
     notebook = existing_notebook(path)
+    label = kernel_label(kernel_name)
     target = Path(output) if output else notebook.with_suffix(".out.ipynb")
     target.parent.mkdir(parents=True, exist_ok=True)
     nb = nbformat.read(notebook, as_version=4)  # type: ignore[no-untyped-call]
@@ -117,16 +147,9 @@ def execute_notebook(
         on_cell_executed=on_cell_executed,
     )
     env = dict(os.environ, SRT_KERNEL_NOTEBOOK=str(notebook))
-    print(
-        f"Running {notebook.name} in the sandboxed kernel ({kernel_name})", file=stream
-    )
+    print(f"Running {notebook.name} in {label}", file=stream)
     try:
         client.execute(env=env)
-    except NoSuchKernel as exc:
-        raise KernelError(
-            f"no kernel named {kernel_name!r} is installed; run "
-            "`srt-kernel install --user` first."
-        ) from exc
     except RuntimeError as exc:
         # nbclient's "Kernel died before replying to kernel_info" and its
         # DeadKernelError; it leaves a clean-up that would fail at exit.

@@ -20,9 +20,11 @@ inert for terminals; when a cell ends, times out or is interrupted, the
 sandbox is killed and no process of it survives.
 
 Inside the sandboxed kernel (``SRT_KERNEL_SANDBOX=1``) ``%sandbox`` prints
-the policy that the supervisor resolved for the notebook; ``%%sandbox``
-there is refused with a UsageError, since a per-cell narrowing inside the
-sandboxed kernel is not available yet.
+the policy that the supervisor resolved for the notebook, and a cell whose
+first line is ``%%sandbox OPTIONS`` runs as an ordinary cell of the kernel
+with the network narrowed for it: the supervisor narrows its proxy from
+that line, and :func:`narrowing_transform` turns the line into a check of
+the options, so the cell's value, error and line numbers are its own.
 """
 
 from __future__ import annotations
@@ -127,6 +129,100 @@ class SandboxResult(Record, frozen=False):
     def __repr__(self) -> str:
         text = self.data.get("text/plain")
         return text if isinstance(text, str) else "<sandboxed result>"
+
+
+#: The first line of a cell that narrows the network in the sandboxed kernel.
+_NARROWING_LINE = re.compile(r"%%sandbox(?=\s|$)(.*)")
+
+
+def check_narrowing(line: str) -> None:
+    """Refuse ``%%sandbox`` options that do more than narrow the network.
+
+    Runs inside the sandboxed kernel, as the first line of a narrowed cell
+    (see :func:`narrowing_transform`).  The supervisor reads the same
+    options from the cell and narrows the proxy before the cell starts;
+    this side checks them so that a mistake, or a request for more than the
+    kernel has, is a clear error rather than a silently narrower cell.
+    """
+    from srt_kernel.hosts import intersect_patterns, parse_pattern
+
+    try:
+        words = shlex.split(line)
+    except ValueError as exc:
+        raise UsageError(
+            f"the options {line!r} cannot be split into words ({exc}); check "
+            "the quotes."
+        ) from exc
+    rest = [w for w in words if w != "--no-network"]
+    allowed_here: list[str] = []
+    i = 0
+    while i < len(rest):
+        word = rest[i]
+        if word in ("--allow", "--deny") and i + 1 == len(rest):
+            raise UsageError(f"{word} needs a DOMAIN: write {word} api.example.com.")
+        if word in ("--allow", "--deny"):
+            if word == "--allow":
+                allowed_here.append(rest[i + 1])
+            i += 2
+            continue
+        if word.startswith(("--allow=", "--deny=")):
+            if word.startswith("--allow="):
+                allowed_here.append(word.split("=", 1)[1])
+            i += 1
+            continue
+        raise UsageError(
+            f"inside the sandboxed kernel %%sandbox narrows the network only "
+            f"(--no-network, --allow DOMAIN, --deny DOMAIN); {word!r} would "
+            "need a sandbox inside the sandbox. Run such a cell with "
+            "%%sandbox in a plain Python kernel."
+        )
+    try:
+        info = json.loads(
+            Path(os.environ.get("SRT_KERNEL_POLICY", "") + "")
+            .with_name("policy.json")
+            .read_text(encoding="utf-8")
+        )
+        kernel_allows = [
+            parse_pattern(t, field="kernel", source="kernel")
+            for t in info.get("allowedDomains", [])
+        ]
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"the kernel's policy cannot be read ({exc}).") from exc
+    for text in allowed_here:
+        try:
+            wanted = parse_pattern(text, field="--allow", source="%%sandbox")
+        except SrtKernelError as exc:
+            raise UsageError(str(exc)) from exc
+        if not any(intersect_patterns(wanted, k) == wanted for k in kernel_allows):
+            raise UsageError(
+                f"--allow {text} asks for more than this kernel has; a cell can "
+                "only narrow. Widening is done in your settings "
+                "(~/.config/srt-kernel/settings.json), or in the notebook's "
+                "sandbox metadata once you approve it with srt-kernel trust."
+            )
+
+
+def narrowing_transform(lines: list[str]) -> list[str]:
+    """Inside the sandboxed kernel, make a ``%%sandbox`` cell a plain cell.
+
+    An IPython input transformer: the first line ``%%sandbox OPTIONS``
+    becomes a call of :func:`check_narrowing`, on the same line, and the
+    rest of the cell stays as it is.  The cell then runs as the kernel's
+    own cell (not a cell run from inside a magic): its error is shown once,
+    labelled with its own prompt number and line numbers, its value is its
+    ``Out``, and a failure is the cell's failure.  Outside a sandbox, and
+    for any other cell, ``lines`` is returned unchanged.
+    """
+    if not lines or not in_sandbox():
+        return lines
+    match = _NARROWING_LINE.match(lines[0])
+    if match is None:
+        return lines
+    check = (
+        f"__import__('srt_kernel.magics').magics.check_narrowing("
+        f"{match.group(1).strip()!r})\n"
+    )
+    return [check, *lines[1:]]
 
 
 # --------------------------------------------------------------------------
@@ -632,7 +728,9 @@ class SandboxMagics(Magics):
             %sandbox --no-network curl -sI https://example.com
 
         Inside the sandboxed kernel ("Python (sandboxed)") %sandbox shows
-        the policy in force and %%sandbox is not available.
+        the policy in force, and %%sandbox as the first line of a cell only
+        narrows the network for that cell (--no-network, --allow DOMAIN,
+        --deny DOMAIN); the cell otherwise runs as any other cell there.
         """
         try:
             argv = shlex.split(line)
@@ -687,66 +785,6 @@ class SandboxMagics(Magics):
                 raise UsageError(f"-i {name}: {exc}") from exc
         return self._run(policy, args, cell, command, encoded, outputs)
 
-    def _narrowed_cell(self, line: str, cell: str) -> None:
-        """Run ``cell`` with the network narrowed, inside the sandboxed kernel.
-
-        The supervisor reads the same options from the cell and narrows the
-        proxy for it before the cell starts; this side checks the options so
-        that a mistake, or a request for more than the kernel has, is a
-        clear error rather than a silently narrower cell.
-        """
-        from srt_kernel.hosts import intersect_patterns, parse_pattern
-
-        words = shlex.split(line)
-        rest = [w for w in words if w != "--no-network"]
-        allowed_here: list[str] = []
-        i = 0
-        while i < len(rest):
-            word = rest[i]
-            if word in ("--allow", "--deny") and i + 1 < len(rest):
-                if word == "--allow":
-                    allowed_here.append(rest[i + 1])
-                i += 2
-                continue
-            if word.startswith(("--allow=", "--deny=")):
-                if word.startswith("--allow="):
-                    allowed_here.append(word.split("=", 1)[1])
-                i += 1
-                continue
-            raise UsageError(
-                f"inside the sandboxed kernel %%sandbox narrows the network only "
-                f"(--no-network, --allow DOMAIN, --deny DOMAIN); {word!r} would "
-                "need a sandbox inside the sandbox. Run such a cell with "
-                "%%sandbox in a plain Python kernel."
-            )
-        try:
-            info = json.loads(
-                Path(os.environ.get("SRT_KERNEL_POLICY", "") + "")
-                .with_name("policy.json")
-                .read_text(encoding="utf-8")
-            )
-            kernel_allows = [
-                parse_pattern(t, field="kernel", source="kernel")
-                for t in info.get("allowedDomains", [])
-            ]
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"the kernel's policy cannot be read ({exc}).") from exc
-        for text in allowed_here:
-            wanted = parse_pattern(text, field="--allow", source="%%sandbox")
-            if not any(intersect_patterns(wanted, k) == wanted for k in kernel_allows):
-                raise UsageError(
-                    f"--allow {text} asks for more than this kernel has; a cell can "
-                    "only narrow. Widening is done in your settings "
-                    "(~/.config/srt-kernel/settings.json), or in the notebook's "
-                    "sandbox metadata once you approve it with srt-kernel trust."
-                )
-        if self.shell is None:
-            raise UsageError("%%sandbox needs an IPython shell.")
-        result = self.shell.run_cell(cell)  # type: ignore[no-untyped-call]
-        # the cell's error is this cell's error (the traceback was shown)
-        if result.error_in_exec is not None:
-            raise result.error_in_exec
-
     def _namespace(self) -> dict[str, Any]:
         if self.shell is None:
             raise UsageError(
@@ -757,8 +795,17 @@ class SandboxMagics(Magics):
 
     def _inside_sandbox(self, line: str, cell: str | None) -> None:
         if cell is not None:
-            self._narrowed_cell(line, cell)
-            return
+            # A cell that starts with %%sandbox never gets here: the
+            # transform has made it a plain cell.  A call by other means
+            # (run_cell_magic in code) is not seen by the supervisor, so
+            # its network would not be narrowed.
+            check_narrowing(line)
+            options = f" {line.strip()}" if line.strip() else ""
+            raise UsageError(
+                "inside the sandboxed kernel %%sandbox narrows the network only "
+                f"as the first line of a cell; start the cell with %%sandbox{options} "
+                "and put the code below it."
+            )
         if line.strip():
             raise UsageError(
                 "%sandbox CMD cannot build a sandbox inside the sandboxed kernel; "
@@ -782,8 +829,12 @@ class SandboxMagics(Magics):
         outputs: list[str],
     ) -> Any:
         from srt_kernel import locations
+        from srt_kernel import policy as pol
+        from srt_kernel.sandbox.facts import missing_writable
         from srt_kernel.sandbox.rundir import RunDir
 
+        for note in pol.missing_write_notes(policy, missing_writable(policy)):
+            sys.stderr.write(f"srt-kernel: note: {note}\n")
         run = RunDir.create(locations.runtime_root())
         work = Path(run.path) / "magic"
         try:
@@ -894,5 +945,8 @@ class SandboxMagics(Magics):
 
 
 def load_ipython_extension(ipython: Any) -> None:
-    """Register the magics with ``ipython``."""
+    """Register the magics, and the narrowing transform, with ``ipython``."""
     ipython.register_magics(SandboxMagics)
+    transforms = ipython.input_transformers_cleanup
+    if narrowing_transform not in transforms:
+        transforms.append(narrowing_transform)

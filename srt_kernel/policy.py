@@ -141,11 +141,16 @@ _SRT_IGNORED: dict[str, str] = {
         "on Linux a seccomp filter cannot tell socket paths apart; use "
         "network.allowAllUnixSockets to lift the Unix-socket ban entirely"
     ),
+    # the ports are sandbox/plan.py's HTTP_PORT and SOCKS_PORT
     "network.httpProxyPort": (
-        "srt-kernel always runs its own proxy on a private Unix socket"
+        "srt-kernel's proxy always listens on 127.0.0.1:3128 (HTTP) and "
+        "127.0.0.1:1080 (SOCKS5) of the sandbox's own loopback, and the proxy "
+        "variables point there"
     ),
     "network.socksProxyPort": (
-        "srt-kernel always runs its own proxy on a private Unix socket"
+        "srt-kernel's proxy always listens on 127.0.0.1:3128 (HTTP) and "
+        "127.0.0.1:1080 (SOCKS5) of the sandbox's own loopback, and the proxy "
+        "variables point there"
     ),
     "ripgrep": "srt-kernel scans for protected names in Python, at full depth",
     "mandatoryDenySearchDepth": (
@@ -970,6 +975,27 @@ def with_options(
     return policy
 
 
+def missing_write_notes(policy: Policy, missing: Sequence[str]) -> list[str]:
+    """One note per writable folder in ``missing`` (gathered by the caller).
+
+    A folder that does not exist is no writable folder: the sandbox cannot
+    create it (its parent is read-only there), and it is never created for
+    the user, since a notebook's metadata, which is untrusted, names such
+    folders too.  The note names the folder, where the rule came from, and
+    the fix.
+    """
+    origin = {
+        p: src for p, rule, src in policy.filesystem.sources if rule == "allowWrite"
+    }
+    return [
+        f"allowWrite {path} (from {origin.get(path, 'combined layers')}) does not "
+        "exist, so nothing can be written there: the sandbox cannot create it. "
+        f"Create it first (mkdir -p {path}), then start again (for a notebook, "
+        "restart its kernel)."
+        for path in missing
+    ]
+
+
 # --------------------------------------------------------------------------
 # Display
 
@@ -1003,10 +1029,21 @@ def describe(policy: Policy) -> str:
         for path in paths:
             origin_of = where.get((path, rule), "combined layers")
             lines.append(f"  {rule:<10} {path:<40} from {origin_of}")
+    what = "protected names in writable folders (.bashrc, .git/hooks, ...)"
     if policy.protected:
+        what = (
+            f"{len(policy.protected)} protected paths (config, start-up and "
+            f"kernelspec folders) and the {what}"
+        )
+    else:
+        what = what.capitalize()
+    but = ", except:" if policy.unprotected else ""
+    lines.append(f"  {what} are never writable{but}")
+    for path in policy.unprotected:
+        effect = "" if fs.writable(path) else " (no effect: not in a writable folder)"
         lines.append(
-            f"  {len(policy.protected)} protected paths (config, start-up and "
-            "kernelspec folders) are never writable"
+            f"  {'writable':<10} {path:<40} from your settings "
+            f"(dangerouslyAllowWriteToProtectedPaths){effect}"
         )
     lines.append(
         "Environment: " + ", ".join(BASE_ENV_ALLOW[:4] + policy.env_allow) + ", ..."

@@ -648,6 +648,33 @@ def test_policy_command_shows_notebook_policy(world: Env) -> None:
     assert sum("'elsewhere.test'" in line for line in notes) == 1, proc.stdout
 
 
+def _missing_note(folder: Path, source: str) -> str:
+    return (
+        f"allowWrite {folder} (from {source}) does not exist, so nothing can be "
+        f"written there: the sandbox cannot create it. Create it first (mkdir -p "
+        f"{folder}), then start again (for a notebook, restart its kernel)."
+    )
+
+
+# A writable folder that does not exist is said, not dropped in silence, and
+# never created on the host from (untrusted) metadata.
+def test_missing_write_folder_is_named_with_its_fix(world: Env) -> None:
+    set_sandbox_metadata(world.notebook, {"filesystem": {"allowWrite": ["./out"]}})
+    out = world.project / "out"
+    note = _missing_note(out, "notebook metadata (analysis.ipynb)")
+
+    proc = _cli(world, "policy", str(world.notebook))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == f"Note: {note}"
+
+    with kernel(world.env, world.project) as (_, kc):
+        first = run(kc, "open('out/f.txt', 'w')")
+        assert first.stderr == f"srt-kernel: {note}\n"
+        assert first.reply["content"]["ename"] == "FileNotFoundError"
+        assert "srt-kernel" not in run(kc, "1").stderr  # said once
+    assert not out.exists()
+
+
 def test_vscode_style_start_gets_the_notebooks_policy(world: Env) -> None:
     # VS Code starts the kernel from its argv with no Jupyter server, then
     # names the notebook in a silent request before the first cell.

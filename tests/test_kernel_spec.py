@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 
-from srt_kernel.errors import KernelError
+from srt_kernel.errors import PolicyError
 from srt_kernel.kernel import spec
 
 
@@ -52,20 +53,65 @@ def test_uninstall_removes_it(tmp_path: Path) -> None:
     assert spec.uninstall("sbx-test", prefix=str(tmp_path)) == dest
     assert not dest.exists()
     assert "sbx-test" not in manager_for(tmp_path).find_kernel_specs()
-    with pytest.raises(KernelError, match="No kernelspec named 'sbx-test'"):
+    with pytest.raises(PolicyError, match="no kernelspec named 'sbx-test'"):
         spec.uninstall("sbx-test", prefix=str(tmp_path))
 
 
 # Mistakes in the options are errors that say how to write them.
 @pytest.mark.parametrize("pair", ["NOEQUALS", "=value"])
 def test_bad_env_is_refused(pair: str) -> None:
-    with pytest.raises(KernelError, match="KEY=VALUE"):
+    with pytest.raises(PolicyError, match="KEY=VALUE"):
         spec.parse_env([pair])
 
 
 def test_two_destinations_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(KernelError, match="Choose one"):
+    with pytest.raises(PolicyError, match="choose one"):
         spec.install(user=True, prefix=str(tmp_path))
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "srt_kernel.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+# Exit statuses: 2 for a mistake in the options, 1 for a failure; 125 is
+# kept for a sandbox that could not be built, which these commands never do.
+def test_cli_statuses_of_mistakes_and_failures(tmp_path: Path) -> None:
+    missing = cli("uninstall", "--name", "nonexist", "--prefix", str(tmp_path))
+    assert missing.returncode == 2
+    assert missing.stderr == (
+        "srt-kernel: error: command line: no kernelspec named 'nonexist' is "
+        f"installed under {str(tmp_path)!r}; `jupyter kernelspec list` shows the "
+        "installed ones.\n"
+    )
+
+    bad_env = cli("install", "--env", "BADVALUE", "--prefix", str(tmp_path))
+    assert bad_env.returncode == 2
+    assert bad_env.stderr == (
+        "srt-kernel: error: command line: the --env value 'BADVALUE' is not "
+        "KEY=VALUE; write it as --env NAME=value.\n"
+    )
+    assert not (tmp_path / "share").exists()
+
+    notebook = tmp_path / "u.ipynb"
+    notebook.write_text(
+        json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5})
+    )
+    no_kernel = cli("execute", "--kernel", "nonexist", str(notebook))
+    assert no_kernel.returncode == 2
+    assert "error: command line: no kernel named 'nonexist'" in no_kernel.stderr
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    unwritable = cli("install", "--prefix", str(blocker / "under"))
+    assert unwritable.returncode == 1
+    assert unwritable.stderr.startswith(
+        "srt-kernel: error: Cannot install the kernelspec 'python-sandboxed'"
+    )
 
 
 def test_template_matches_installed_shape() -> None:
@@ -75,3 +121,28 @@ def test_template_matches_installed_shape() -> None:
     assert {k: v for k, v in template.items() if k != "argv"} == {
         k: v for k, v in installed.items() if k != "argv"
     }
+
+
+# `srt-kernel execute --kernel NAME` says whether NAME is the sandboxed kernel.
+def test_execute_names_the_kernel_truthfully(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from srt_kernel.execute import kernel_label
+
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "share" / "jupyter"))
+    spec.install(prefix=str(tmp_path), name="sbx-label", display_name="Anything")
+    assert kernel_label("sbx-label") == "the sandboxed kernel 'sbx-label'"
+    plain = (
+        "the kernel 'python3' (Python 3 (ipykernel)), which is not sandboxed: its "
+        "cells run with your full access, and the notebook's sandbox policy does "
+        "not apply"
+    )
+    assert kernel_label("python3") == plain
+
+    notebook = tmp_path / "u.ipynb"
+    notebook.write_text(
+        json.dumps({"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5})
+    )
+    ran = cli("execute", "--kernel", "python3", str(notebook))
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.splitlines()[0] == f"Running u.ipynb in {plain}"

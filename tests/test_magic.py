@@ -98,15 +98,52 @@ def test_inside_the_sandboxed_kernel_the_magic_only_narrows(
     policy.write_text("Network:\n  allow  example.test from x\n")
     (tmp_path / "policy.json").write_text('{"allowedDomains": ["example.test"]}')
     monkeypatch.setenv("SRT_KERNEL_POLICY", str(policy))
-    with pytest.raises(UsageError, match="narrows the network only"):
-        shell.run_cell_magic("sandbox", "--write /tmp/x", "pass")
+    for line, message in [
+        ("--write /tmp/x", "narrows the network only"),
+        ("--allow other.test", "asks for more than this kernel has"),
+        ("--allow", "--allow needs a DOMAIN"),
+        ("--allow 'bad host!'", "--allow"),
+    ]:
+        refused = shell.run_cell(f"%%sandbox {line}\nran_refused = True\n")
+        assert isinstance(refused.error_in_exec, UsageError)
+        assert message in str(refused.error_in_exec)
+        assert "ran_refused" not in shell.user_ns
+    # called other than as a cell's first line: the options are checked too
     with pytest.raises(UsageError, match="asks for more than this kernel has"):
         shell.run_cell_magic("sandbox", "--allow other.test", "pass")
     with pytest.raises(UsageError, match="cannot build a sandbox inside"):
         shell.run_line_magic("sandbox", "ls")
-    shell.run_cell_magic("sandbox", "--allow example.test", "ran_narrowed = True")
+    # only a cell's first line narrows (the supervisor reads that line)
+    with pytest.raises(UsageError, match="only as the first line of a cell"):
+        shell.run_cell_magic("sandbox", "--no-network", "pass")
+    ran = shell.run_cell("%%sandbox --allow example.test\nran_narrowed = True\n")
+    assert ran.success
     assert shell.user_ns["ran_narrowed"] is True
     assert shell.run_line_magic("sandbox", "") is None
+
+
+def test_a_narrowed_cell_fails_as_itself(
+    shell: InteractiveShell, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("SRT_KERNEL_SANDBOX", "1")
+    (tmp_path / "policy.json").write_text('{"allowedDomains": []}')
+    monkeypatch.setenv("SRT_KERNEL_POLICY", str(tmp_path / "policy.txt"))
+    shown: list[BaseException] = []
+    monkeypatch.setattr(
+        shell, "showtraceback", lambda *a, **k: shown.append(sys.exc_info()[1])
+    )
+    failed = shell.run_cell("%%sandbox --no-network\nprint('start')\n1/0\n")
+    assert isinstance(failed.error_in_exec, ZeroDivisionError)
+    assert shown == [failed.error_in_exec]
+    # the traceback names the cell's own line 3, as the user sees the cell
+    tb = failed.error_in_exec.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    assert tb is not None and tb.tb_lineno == 3
+    # outside a sandbox the transform leaves every cell alone
+    monkeypatch.delenv("SRT_KERNEL_SANDBOX")
+    lines = ["%%sandbox --no-network\n", "1/0\n"]
+    assert shell.input_transformers_cleanup[-1](lines) == lines
 
 
 # --------------------------------------------------------------------------
@@ -353,6 +390,7 @@ def test_exception_shows_the_sandbox_traceback(tree: Tree) -> None:
     assert cell.stdout == "ran\n"
     error = cell.error
     assert error["ename"] == "SandboxCellError"
+    assert len(cell.of("error")) == 1
     text = "\n".join(error["traceback"])
     assert 'File "<sandboxed cell>", line 3, in f' in text
     assert text.endswith("ZeroDivisionError: division by zero")

@@ -117,6 +117,49 @@ def test_srt_keys_we_do_not_implement_warn() -> None:
     assert any("ignoreViolations is not used" in w for w in layer.warnings)
 
 
+def test_srt_proxy_port_keys_warn_with_the_ports_we_use() -> None:
+    from srt_kernel.sandbox.plan import HTTP_PORT, SOCKS_PORT
+
+    layer = parse({"network": {"httpProxyPort": 8080, "socksProxyPort": 1081}})
+    why = (
+        f"srt-kernel's proxy always listens on 127.0.0.1:{HTTP_PORT} (HTTP) and "
+        f"127.0.0.1:{SOCKS_PORT} (SOCKS5) of the sandbox's own loopback, and the "
+        "proxy variables point there."
+    )
+    assert layer.warnings == (
+        f"settings.json: network.httpProxyPort is not used: {why}",
+        f"settings.json: network.socksProxyPort is not used: {why}",
+    )
+
+
+def test_describe_names_the_protected_paths_the_user_made_writable() -> None:
+    settings = parse(
+        {"dangerouslyAllowWriteToProtectedPaths": [".bashrc", "/elsewhere/.vscode"]}
+    )
+    context = pol.Context(
+        home="/home/u", base_dir="/home/u/proj", protected=("/home/u/.jupyter",)
+    )
+    policy = pol.resolve(context, [settings])
+    lines = pol.describe(policy).splitlines()
+    start = next(i for i, line in enumerate(lines) if "protected paths" in line)
+    assert lines[start : start + 3] == [
+        "  1 protected paths (config, start-up and kernelspec folders) and the "
+        "protected names in writable folders (.bashrc, .git/hooks, ...) are never "
+        "writable, except:",
+        "  writable   /home/u/proj/.bashrc                     from your settings "
+        "(dangerouslyAllowWriteToProtectedPaths)",
+        "  writable   /elsewhere/.vscode                       from your settings "
+        "(dangerouslyAllowWriteToProtectedPaths) (no effect: not in a writable "
+        "folder)",
+    ]
+    plain = pol.describe(pol.resolve(CTX, [])).splitlines()
+    assert not any(line.startswith("  writable ") for line in plain)
+    assert (
+        "  Protected names in writable folders (.bashrc, .git/hooks, ...) are never "
+        "writable"
+    ) in plain
+
+
 def test_srt_settings_file_loads() -> None:
     srt = {
         "network": {

@@ -182,6 +182,39 @@ def test_protected_folder_cannot_be_renamed_away(sbx: SandboxRunner) -> None:
     assert (repo / ".git" / "hooks").is_dir()
 
 
+# --write of a folder that does not exist: said, with the fix; not created.
+def test_missing_write_folder_is_named_with_its_fix(sbx: SandboxRunner) -> None:
+    folder = sbx.outside / "notyet"
+    result = sbx.run(
+        ["sh", "-c", f"echo a > {folder}/f"], options=["--write", str(folder)]
+    )
+    assert result.status != 0
+    assert result.stderr.splitlines()[0] == (
+        f"srt-kernel: note: allowWrite {folder} (from command line) does not exist, "
+        "so nothing can be written there: the sandbox cannot create it. Create it "
+        f"first (mkdir -p {folder}), then start again (for a notebook, restart its "
+        "kernel)."
+    )
+    assert not folder.exists()
+
+
+# A protected name the user made writable in settings is writable and not
+# reported; the same name deeper down still is.
+def test_unprotected_name_is_writable_and_not_reported(sbx: SandboxRunner) -> None:
+    result = sbx.run(
+        ["sh", "-c", "echo x >> .bashrc && mkdir sub && echo y > sub/.bashrc"],
+        settings={"dangerouslyAllowWriteToProtectedPaths": [".bashrc"]},
+    )
+    assert result.status == 0, result.stderr
+    assert (sbx.project / ".bashrc").read_text() == "x\n"
+    deeper = os.path.realpath(sbx.project / "sub" / ".bashrc")
+    assert result.stderr == (
+        f"srt-kernel: warning: the command created {deeper}, a protected name "
+        "that trusted tools read or run; it could not be blocked because it "
+        "appeared during the run. Review or delete it.\n"
+    )
+
+
 def test_created_protected_name_is_reported(sbx: SandboxRunner) -> None:
     code = "import os; os.makedirs('x/y/.git/hooks'); open('x/y/.git/hooks/post-checkout','w').write('evil')"
     result = sbx.py(code)

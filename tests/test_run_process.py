@@ -296,6 +296,35 @@ def test_doctor_without_bwrap_says_how_to_install(tmp_path: Path) -> None:
     assert "apt-get install -y bubblewrap" in proc.stdout
 
 
+# Inside a sandbox, doctor and a nested run say so, not something else.
+def test_doctor_and_run_inside_a_sandbox_say_sandboxes_do_not_nest(
+    sbx: SandboxRunner,
+) -> None:
+    from srt_kernel.doctor import NESTED_FIX
+
+    cli = [sys.executable, "-m", "srt_kernel.cli"]
+    doctor = sbx.run([*cli, "doctor"])
+    assert doctor.status == 1
+    assert doctor.lines[:2] == [
+        "[FAIL] not nested: this runs inside an srt-kernel sandbox "
+        "(SRT_KERNEL_SANDBOX=1)",
+        f"       {NESTED_FIX}",
+    ]
+    assert "container" not in doctor.stdout
+    assert doctor.lines[-1] == (
+        "No sandbox can be built from inside this srt-kernel sandbox; run "
+        "srt-kernel doctor on the host to check the machine itself."
+    )
+
+    nested = sbx.run([*cli, "run", "--", "true"])
+    assert nested.status == 125
+    assert nested.stderr == (
+        "srt-kernel: this is already inside an srt-kernel sandbox, where no "
+        "sandbox can be built, so the command was not run.\n\n"
+        f"{NESTED_FIX}\n"
+    )
+
+
 # P7: multiprocessing works.
 def test_multiprocessing_pool_and_executor(sbx: SandboxRunner) -> None:
     code = (

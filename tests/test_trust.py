@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -349,11 +350,21 @@ print(json.dumps(results, sort_keys=True))
 def test_dangerous_setting_makes_a_protected_path_writable(world: Env) -> None:
     (world.project / ".vscode").mkdir()
     world.settings(
-        {"dangerouslyAllowWriteToProtectedPaths": [str(world.project / ".vscode")]}
+        {
+            "dangerouslyAllowWriteToProtectedPaths": [
+                str(world.project / ".vscode"),
+                str(world.project / ".envrc"),
+            ]
+        }
     )
     with kernel(world.env, world.project) as (_, kc):
         ok = run(kc, "open('.vscode/settings.json', 'w').write('{}')")
         assert ok.status == "ok", ok.outputs
+        # created during a cell, it is neither reported nor moved aside
+        created = run(kc, "open('.envrc', 'w').write('export A=1\\n')")
+        assert created.status == "ok", created.outputs
+        assert created.reports == []
+        assert (world.project / ".envrc").read_text() == "export A=1\n"
         still = run(kc, "open('.bashrc', 'a').write('x')")
         assert still.reply["content"]["ename"] == "OSError"
 
@@ -402,3 +413,30 @@ def test_cell_can_narrow_but_never_widen(
         assert files.reply["content"]["ename"] == "UsageError"
         assert "narrows the network only" in files.reply["content"]["evalue"]
     assert seen == [f"allowed.test:{port}"]
+
+
+@pytest.mark.bwrap
+def test_a_narrowed_cell_is_the_cell_itself(world: Env) -> None:
+    with kernel(world.env, world.project) as (_, kc):
+        failed = run(kc, "%%sandbox --no-network\nprint('start')\n1/0")
+        assert failed.status == "error"
+        assert failed.reply["content"]["ename"] == "ZeroDivisionError"
+        assert failed.stdout == "start\n"
+        # one error output, labelled with this cell's prompt and line
+        [error] = failed.of_type("error")
+        count = failed.reply["content"]["execution_count"]
+        text = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(error["content"]["traceback"]))
+        assert f"Cell In[{count}], line 3" in text
+        assert "magics.py" not in text
+        # the value is the cell's own Out
+        value = run(kc, "%%sandbox --no-network\n40 + 2")
+        [result] = value.of_type("execute_result")
+        assert result["content"]["execution_count"] == count + 1
+        assert result["content"]["data"]["text/plain"] == "42"
+        # a call the supervisor cannot see would not be narrowed: refused
+        called = run(
+            kc, "get_ipython().run_cell_magic('sandbox', '--no-network', 'print(1)')"
+        )
+        assert called.reply["content"]["ename"] == "UsageError"
+        assert "first line of a cell" in called.reply["content"]["evalue"]
+        assert called.stdout == ""

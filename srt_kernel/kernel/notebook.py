@@ -83,7 +83,23 @@ class PolicyState(Record, frozen=False):
 def notebook_policy(
     base: pol.Policy, notebook: Path | None, context: pol.Context
 ) -> PolicyState:
-    """Tighten ``base`` with the notebook's metadata; fail closed on bad input."""
+    """Tighten ``base`` with the notebook's metadata; fail closed on bad input.
+
+    The notes also name each writable folder that does not exist.
+    """
+    state = _notebook_policy(base, notebook, context)
+    from srt_kernel.sandbox.facts import missing_writable
+
+    missing = missing_writable(state.policy)
+    if not missing:
+        return state
+    notes = state.notes + tuple(pol.missing_write_notes(state.policy, missing))
+    return replace(state, notes=notes)
+
+
+def _notebook_policy(
+    base: pol.Policy, notebook: Path | None, context: pol.Context
+) -> PolicyState:
     if notebook is None:
         return PolicyState(base, base)
     source = f"notebook metadata ({notebook.name})"

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
-from srt_kernel.errors import KernelError
+from srt_kernel.errors import KernelError, PolicyError
 from srt_kernel.log import get_logger
 
 log = get_logger(__name__)
@@ -41,14 +41,18 @@ RESOURCES = Path(__file__).resolve().parents[2] / "kernelspec"
 
 
 def parse_env(pairs: Sequence[str]) -> dict[str, str]:
-    """Turn ``--env K=V`` values into a dict; raise on a value without ``=``."""
+    """Turn ``--env K=V`` values into a dict; a :class:`PolicyError` on a
+    value without ``=``."""
     env: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise KernelError(
-                f"The --env value {pair!r} is not KEY=VALUE; write it as "
-                "--env NAME=value."
+            raise PolicyError(
+                f"the --env value {pair!r} is not KEY=VALUE; write it as "
+                "--env NAME=value.",
+                field="--env",
+                value=pair,
+                source="command line",
             )
         env[key] = value
     return env
@@ -87,8 +91,10 @@ def install(
 ) -> Path:
     """Install the kernelspec; return the folder it was installed into."""
     if sum((user, sys_prefix, prefix is not None)) > 1:
-        raise KernelError(
-            "Choose one of --user, --sys-prefix and --prefix, not several."
+        raise PolicyError(
+            "choose one of --user, --sys-prefix and --prefix, not several.",
+            field="--prefix",
+            source="command line",
         )
     if sys_prefix:
         prefix = sys.prefix
@@ -123,7 +129,9 @@ def install(
 def uninstall(name: str = KERNEL_NAME, *, prefix: str | None = None) -> Path:
     """Remove the kernelspec ``name``; return the folder that was removed.
 
-    With ``prefix``, only a spec under that prefix is looked at.
+    With ``prefix``, only a spec under that prefix is looked at.  A name
+    that is not installed is a :class:`PolicyError` (a mistake in the
+    options); a folder that cannot be removed is a :class:`KernelError`.
     """
     manager = KernelSpecManager()
     if prefix is not None:
@@ -131,10 +139,13 @@ def uninstall(name: str = KERNEL_NAME, *, prefix: str | None = None) -> Path:
     try:
         removed = manager.remove_kernel_spec(name)
     except (NoSuchKernel, KeyError) as exc:
-        raise KernelError(
-            f"No kernelspec named {name!r} is installed"
-            + (f" under {prefix!r}" if prefix else "")
-            + "; `jupyter kernelspec list` shows the installed ones."
+        where = f" under {prefix!r}" if prefix else ""
+        raise PolicyError(
+            f"no kernelspec named {name!r} is installed{where}; `jupyter "
+            "kernelspec list` shows the installed ones.",
+            field="--name",
+            value=name,
+            source="command line",
         ) from exc
     except OSError as exc:
         raise KernelError(f"Cannot remove the kernelspec {name!r} ({exc}).") from exc

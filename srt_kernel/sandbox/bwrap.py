@@ -146,6 +146,17 @@ class Sandbox(Record, frozen=False):
 
     def prepare(self) -> SandboxPlan:
         """Gather facts and plan, without starting anything."""
+        if os.environ.get("SRT_KERNEL_SANDBOX") == "1":
+            # said before anything fails for it (placeholders in read-only
+            # folders, bubblewrap refused a user namespace); doctor is
+            # imported only here, as a run pays for every import
+            from srt_kernel import doctor
+
+            raise SandboxUnavailable(
+                "this is already inside an srt-kernel sandbox, where no sandbox "
+                "can be built, so the command was not run.",
+                diagnosis=doctor.NESTED_FIX,
+            )
         bwrap = find_bwrap()
         if self.run is None:
             self.run = RunDir.create(locations.runtime_root())
@@ -393,6 +404,9 @@ class Sandbox(Record, frozen=False):
 
         With ``include_links``, also a symlink put where a protected path of
         the policy (the notebook's save copy, say) was, or is expected.
+        Paths the user made writable on purpose
+        (``dangerouslyAllowWriteToProtectedPaths``) are left out, as the plan
+        leaves them writable.
         """
         placeholders = {p for p, _ in (self.plan.placeholders if self.plan else ())}
         # most names found are the launch's own (placeholders, names that
@@ -415,7 +429,16 @@ class Sandbox(Record, frozen=False):
                 and os.path.islink(p)
                 and any(is_within(p, r) for r in self.policy.filesystem.allow_write)
             )
-        return sorted(after - known)
+        return sorted(p for p in after - known if not self._unprotected(p))
+
+    def _unprotected(self, path: str) -> bool:
+        """Whether the user's settings make ``path`` writable although
+        protected: below an unprotected path and no deny-write rule."""
+        fs = self.policy.filesystem
+        real = os.path.realpath
+        return any(
+            is_within(path, real(u)) for u in self.policy.unprotected
+        ) and not any(is_within(path, real(d)) for d in fs.deny_write)
 
     def lost_protection(self) -> list[str]:
         """Protected paths whose mount is gone since launch.

@@ -124,6 +124,11 @@ def scan_protected(root: str, skip: Iterable[str] = ()) -> list[str]:
     return found
 
 
+def missing_writable(policy: Policy) -> list[str]:
+    """The policy's writable folders that do not exist (after symlinks)."""
+    return [p for p in policy.filesystem.allow_write if not os.path.exists(p)]
+
+
 def gather(policy: Policy, extra: Iterable[str] = ()) -> FsFacts:
     """Facts for every path ``policy`` names, plus ``extra`` paths."""
     fs = policy.filesystem
