@@ -196,6 +196,15 @@ def test_missing_write_folder_is_named_with_its_fix(sbx: SandboxRunner) -> None:
         "kernel)."
     )
     assert not folder.exists()
+    # one below a writable folder is made inside, and needs no note
+    inside = sbx.project / "out" / "deeper"
+    made = sbx.run(
+        ["sh", "-c", f"mkdir -p {inside} && echo a > {inside}/f"],
+        options=["--write", str(inside)],
+    )
+    assert made.status == 0, made.stderr
+    assert "does not exist" not in made.stderr
+    assert (inside / "f").read_text() == "a\n"
 
 
 # A protected name the user made writable in settings is writable and not

@@ -125,8 +125,14 @@ def scan_protected(root: str, skip: Iterable[str] = ()) -> list[str]:
 
 
 def missing_writable(policy: Policy) -> list[str]:
-    """The policy's writable folders that do not exist (after symlinks)."""
-    return [p for p in policy.filesystem.allow_write if not os.path.exists(p)]
+    """The policy's writable folders that do not exist (after symlinks) and
+    cannot be created inside either, their parent not being writable."""
+    fs = policy.filesystem
+    return [
+        p
+        for p in fs.allow_write
+        if not os.path.exists(p) and not fs.writable(os.path.dirname(p))
+    ]
 
 
 def gather(policy: Policy, extra: Iterable[str] = ()) -> FsFacts:
