@@ -141,6 +141,25 @@ class Cell:
         return [o["content"] for o in self.outputs if o["msg_type"] == msg_type]
 
     @property
+    def shown(self) -> list[dict[str, Any]]:
+        """The outputs as a frontend shows them: one stream's messages in a
+        row are one text (ipykernel cuts a stream into messages wherever its
+        flush timer falls, even inside a line)."""
+        shown: list[dict[str, Any]] = []
+        for o in self.outputs:
+            last = shown[-1] if shown else None
+            if (
+                last is not None
+                and o["msg_type"] == last["msg_type"] == "stream"
+                and o["content"]["name"] == last["content"]["name"]
+            ):
+                text = last["content"]["text"] + o["content"]["text"]
+                last["content"] = {**last["content"], "text": text}
+            else:
+                shown.append({**o})
+        return shown
+
+    @property
     def error(self) -> dict[str, Any]:
         """The failed reply: ``ename``, ``evalue`` and ``traceback``."""
         assert self.status == "error", self.outputs
@@ -283,7 +302,7 @@ print("five", file=sys.stderr)
     assert seen_start.is_set()
     order = [
         (o["content"]["name"], line)
-        for o in cell.outputs
+        for o in cell.shown
         if o["msg_type"] == "stream"
         for line in o["content"]["text"].splitlines()
     ]
@@ -314,7 +333,7 @@ print("after")
 """
     cell = tree.run(code)
     assert cell.status == "ok", cell.outputs
-    kinds = [o["msg_type"] for o in cell.outputs]
+    kinds = [o["msg_type"] for o in cell.shown]
     assert kinds == [
         "stream",
         "display_data",
