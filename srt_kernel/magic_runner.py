@@ -32,6 +32,7 @@ from __future__ import annotations
 import ast
 import base64
 import builtins
+import codecs
 import importlib.abc
 import importlib.machinery
 import io
@@ -134,15 +135,20 @@ class FdForwarder:
 
     def _pump(self) -> None:
         open_fds = list(self.pipes)
+        # A read may end inside a character: its first bytes wait for the rest.
+        decoders = {
+            fd: codecs.getincrementaldecoder("utf-8")("replace") for fd in open_fds
+        }
         while open_fds:
             ready, _, _ = select.select(open_fds, [], [])
             for fd in ready:
                 data = os.read(fd, 65536)
                 if not data:
                     open_fds.remove(fd)
-                    continue
-                text = data.decode("utf-8", "replace")
-                self.channel.send({"k": "stream", "name": self.pipes[fd], "text": text})
+                text = decoders[fd].decode(data, final=not data)
+                if text:
+                    name = self.pipes[fd]
+                    self.channel.send({"k": "stream", "name": name, "text": text})
 
     def stop(self, timeout: float = 1.0) -> None:
         """Close fds 1 and 2 and wait (a little) for what is still in the pipes."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shlex
 import sys
 import threading
 import time
@@ -316,6 +317,35 @@ print("five", file=sys.stderr)
         ("stdout", "three"),
         ("stderr", "five"),
     ]
+
+
+# A program writes "é" in two pieces with a pause between them, so that the
+# pieces are read apart; the stream shows the character, and a piece left
+# alone at the end shows as U+FFFD.
+SPLIT_CHARACTER = (
+    "import os, time; e = 'é'.encode()\n"
+    "for fd in (1, 2):\n"
+    "    os.write(fd, e[:1]); time.sleep(0.3); os.write(fd, e[1:] + b'!')\n"
+    "os.write(2, e[:1])\n"
+)
+
+
+@pytest.mark.bwrap
+@pytest.mark.parametrize("bash", [False, True], ids=["python", "bash"])
+def test_a_character_written_in_two_pieces_comes_out_whole(
+    tree: Tree, bash: bool
+) -> None:
+    if bash:
+        code = f"%%sandbox --bash\n{sys.executable} -c {shlex.quote(SPLIT_CHARACTER)}"
+    else:
+        code = (
+            "%%sandbox\nimport subprocess, sys\n"
+            f"subprocess.run([sys.executable, '-c', {SPLIT_CHARACTER!r}], check=True)"
+        )
+    cell = tree.run(code)
+    assert cell.status == "ok", cell.outputs
+    assert cell.stdout == "é!"
+    assert cell.stderr == "é!\ufffd"
 
 
 @pytest.mark.bwrap
