@@ -307,16 +307,28 @@ print("five", file=sys.stderr)
         if o["msg_type"] == "stream"
         for line in o["content"]["text"].splitlines()
     ]
-    # the cell's own prints keep their order across both streams; a program
-    # it starts writes straight to the pipe, so only its stream is certain
-    assert ("stdout", "four") in order
-    assert [item for item in order if item != ("stdout", "four")] == [
+    # what a program wrote before the cell prints again comes before it
+    assert order == [
         ("stdout", "start"),
         ("stdout", "one"),
         ("stderr", "two"),
         ("stdout", "three"),
+        ("stdout", "four"),
         ("stderr", "five"),
     ]
+
+
+@pytest.mark.bwrap
+def test_a_program_output_comes_before_what_the_cell_prints_next(tree: Tree) -> None:
+    code = """%%sandbox
+import subprocess
+for i in range(200):
+    subprocess.run(["echo", f"program {i}"], check=True)
+    print(f"cell {i}")
+"""
+    cell = tree.run(code)
+    assert cell.status == "ok", cell.outputs
+    assert cell.stdout == "".join(f"program {i}\ncell {i}\n" for i in range(200))
 
 
 # A program writes "é" in two pieces with a pause between them, so that the
