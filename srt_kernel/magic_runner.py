@@ -32,6 +32,7 @@ from __future__ import annotations
 import ast
 import base64
 import builtins
+import codecs
 import importlib.abc
 import importlib.machinery
 import io
@@ -70,6 +71,9 @@ class Channel:
         self.fd = fd
         self.pid = os.getpid()
         self.lock = threading.Lock()
+        #: Called with the lock held before each frame is written; the
+        #: :class:`FdForwarder` sends there what programs already wrote.
+        self.drain: Callable[[], None] | None = None
 
     def send(self, frame: dict[str, Any]) -> None:
         if os.getpid() != self.pid:
@@ -79,11 +83,16 @@ class Channel:
                 fd = 1 if frame.get("name") == "stdout" else 2
                 os.write(fd, str(frame.get("text", "")).encode("utf-8", "replace"))
             return
-        data = json.dumps(frame, ensure_ascii=False, default=str).encode(
-            "utf-8", "replace"
-        )
+        data = _encode(frame)
         with self.lock:
-            _write_all(self.fd, _HEADER.pack(len(data)) + data)
+            if self.drain is not None:
+                self.drain()
+            _write_all(self.fd, data)
+
+
+def _encode(frame: dict[str, Any]) -> bytes:
+    data = json.dumps(frame, ensure_ascii=False, default=str).encode("utf-8", "replace")
+    return _HEADER.pack(len(data)) + data
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -119,30 +128,57 @@ class StreamWriter(io.TextIOBase):
 
 
 class FdForwarder:
-    """Reads what programs write to fds 1 and 2 and sends it as frames."""
+    """Reads what programs write to fds 1 and 2 and sends it as frames.
+
+    A thread forwards it as it comes; before any other frame, the channel
+    first sends what is already in the pipes, so that what a program wrote
+    before the cell prints (or displays, or fails) comes before it.
+    """
 
     def __init__(self, channel: Channel) -> None:
         self.channel = channel
         self.pipes: dict[int, str] = {}
         for target, name in ((1, "stdout"), (2, "stderr")):
             read, write = os.pipe()
+            os.set_blocking(read, False)
             os.dup2(write, target)
             os.close(write)
             self.pipes[read] = name
+        self.open_fds = list(self.pipes)
+        # A read may end inside a character: its first bytes wait for the rest.
+        self.decoders = {
+            fd: codecs.getincrementaldecoder("utf-8")("replace") for fd in self.pipes
+        }
+        channel.drain = self.drain
         self.thread = threading.Thread(target=self._pump, daemon=True, name="fds")
         self.thread.start()
 
     def _pump(self) -> None:
-        open_fds = list(self.pipes)
-        while open_fds:
-            ready, _, _ = select.select(open_fds, [], [])
-            for fd in ready:
-                data = os.read(fd, 65536)
-                if not data:
-                    open_fds.remove(fd)
-                    continue
-                text = data.decode("utf-8", "replace")
-                self.channel.send({"k": "stream", "name": self.pipes[fd], "text": text})
+        while self.open_fds:
+            ready, _, _ = select.select(list(self.open_fds), [], [])
+            with self.channel.lock:
+                for fd in ready:
+                    self._forward(fd)
+
+    def drain(self) -> None:
+        """Send what is in the pipes now; the channel's lock is held."""
+        ready, _, _ = select.select(self.open_fds, [], [], 0)
+        for fd in ready:
+            self._forward(fd)
+
+    def _forward(self, fd: int) -> None:
+        if fd not in self.open_fds:
+            return
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:  # drained by the other side first
+            return
+        if not data:
+            self.open_fds.remove(fd)
+        text = self.decoders[fd].decode(data, final=not data)
+        if text:
+            frame = {"k": "stream", "name": self.pipes[fd], "text": text}
+            _write_all(self.channel.fd, _encode(frame))
 
     def stop(self, timeout: float = 1.0) -> None:
         """Close fds 1 and 2 and wait (a little) for what is still in the pipes."""

@@ -30,6 +30,7 @@ the options, so the cell's value, error and line numbers are its own.
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import keyword
 import os
@@ -377,6 +378,10 @@ class OneShot:
         out, err = process.stdout.fileno(), process.stderr.fileno()
         open_fds = [out, err]
         pending = bytearray()
+        # A read may end inside a character: its first bytes wait for the rest.
+        decoders = {
+            fd: codecs.getincrementaldecoder("utf-8")("replace") for fd in open_fds
+        }
         while open_fds:
             wait = None if deadline is None else deadline - time.monotonic()
             if wait is not None and wait <= 0:
@@ -386,10 +391,10 @@ class OneShot:
                 data = os.read(fd, 1 << 20)
                 if not data:
                     open_fds.remove(fd)
-                elif fd == err or not self.framed:
+                if fd == err or not self.framed:
                     name = "stderr" if fd == err else "stdout"
-                    self._stream(name, data.decode("utf-8", "replace"))
-                else:
+                    self._stream(name, decoders[fd].decode(data, final=not data))
+                elif data:
                     pending += data
                     self._frames(pending)
         if pending:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shlex
 import sys
 import threading
 import time
@@ -178,6 +179,25 @@ class Cell:
         return [o["content"] for o in self.outputs if o["msg_type"] == msg_type]
 
     @property
+    def shown(self) -> list[dict[str, Any]]:
+        """The outputs as a frontend shows them: one stream's messages in a
+        row are one text (ipykernel cuts a stream into messages wherever its
+        flush timer falls, even inside a line)."""
+        shown: list[dict[str, Any]] = []
+        for o in self.outputs:
+            last = shown[-1] if shown else None
+            if (
+                last is not None
+                and o["msg_type"] == last["msg_type"] == "stream"
+                and o["content"]["name"] == last["content"]["name"]
+            ):
+                text = last["content"]["text"] + o["content"]["text"]
+                last["content"] = {**last["content"], "text": text}
+            else:
+                shown.append({**o})
+        return shown
+
+    @property
     def error(self) -> dict[str, Any]:
         """The failed reply: ``ename``, ``evalue`` and ``traceback``."""
         assert self.status == "error", self.outputs
@@ -322,20 +342,61 @@ print("five", file=sys.stderr)
     assert seen_start.is_set()
     order = [
         (o["content"]["name"], line)
-        for o in cell.outputs
+        for o in cell.shown
         if o["msg_type"] == "stream"
         for line in o["content"]["text"].splitlines()
     ]
-    # the cell's own prints keep their order across both streams; a program
-    # it starts writes straight to the pipe, so only its stream is certain
-    assert ("stdout", "four") in order
-    assert [item for item in order if item != ("stdout", "four")] == [
+    # what a program wrote before the cell prints again comes before it
+    assert order == [
         ("stdout", "start"),
         ("stdout", "one"),
         ("stderr", "two"),
         ("stdout", "three"),
+        ("stdout", "four"),
         ("stderr", "five"),
     ]
+
+
+@pytest.mark.bwrap
+def test_a_program_output_comes_before_what_the_cell_prints_next(tree: Tree) -> None:
+    code = """%%sandbox
+import subprocess
+for i in range(200):
+    subprocess.run(["echo", f"program {i}"], check=True)
+    print(f"cell {i}")
+"""
+    cell = tree.run(code)
+    assert cell.status == "ok", cell.outputs
+    assert cell.stdout == "".join(f"program {i}\ncell {i}\n" for i in range(200))
+
+
+# A program writes "é" in two pieces with a pause between them, so that the
+# pieces are read apart; the stream shows the character, and a piece left
+# alone at the end shows as U+FFFD.
+SPLIT_CHARACTER = (
+    "import os, time; e = 'é'.encode()\n"
+    "for fd in (1, 2):\n"
+    "    os.write(fd, e[:1]); time.sleep(0.3); os.write(fd, e[1:] + b'!')\n"
+    "os.write(2, e[:1])\n"
+)
+
+
+@pytest.mark.bwrap
+@pytest.mark.parametrize("bash", [False, True], ids=["python", "bash"])
+def test_a_character_written_in_two_pieces_comes_out_whole(
+    tree: Tree, bash: bool
+) -> None:
+    if bash:
+        code = f"%%sandbox --bash\n{sys.executable} -c {shlex.quote(SPLIT_CHARACTER)}"
+    else:
+        code = (
+            "%%sandbox\nimport subprocess, sys\n"
+            f"subprocess.run([sys.executable, '-c', {SPLIT_CHARACTER!r}], check=True)"
+        )
+    cell = tree.run(code)
+    assert cell.status == "ok", cell.outputs
+    assert cell.stdout == "é!"
+    assert cell.stderr == "é!\ufffd"
 
 
 @pytest.mark.bwrap
@@ -353,7 +414,7 @@ print("after")
 """
     cell = tree.run(code)
     assert cell.status == "ok", cell.outputs
-    kinds = [o["msg_type"] for o in cell.outputs]
+    kinds = [o["msg_type"] for o in cell.shown]
     assert kinds == [
         "stream",
         "display_data",
