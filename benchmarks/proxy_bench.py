@@ -173,12 +173,15 @@ class Party:
         raise RuntimeError(f"{self.name} did not listen on port {port}")
 
     def cpu(self) -> float:
+        """CPU-seconds of the process, its reaped children and its live ones
+        (socat serves each connection in a child of its own)."""
+        pid = self.process.pid
         try:
-            with open(f"/proc/{self.process.pid}/stat", encoding="ascii") as stat:
-                fields = stat.read().rpartition(")")[2].split()
+            with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as f:
+                children = [int(child) for child in f.read().split()]
         except OSError:
-            return 0.0
-        ticks = sum(int(value) for value in fields[11:15])
+            children = []
+        ticks = _ticks(pid) + sum(_ticks(child) for child in children)
         return ticks / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
@@ -191,6 +194,16 @@ class Party:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(10)
+
+
+def _ticks(pid: int) -> int:
+    """Clock ticks a process and its reaped children used."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+    except OSError:
+        return 0
+    return sum(int(value) for value in fields[11:15])
 
 
 def role_argv(role: str, *args: str) -> list[str]:
