@@ -5,7 +5,7 @@ writes ``benchmarks/results/kernel.json``.  Both kernels come from the same
 environment and are measured in one run, their starts alternated, through
 jupyter_client's ``KernelManager`` with a kernelspec in a temporary folder:
 
-* sandboxed: ``[python, "-m", "srt_kernel.kernel", "-f", CONN]``;
+* sandboxed: ``[python, "-P", "-m", "srt_kernel.kernel", "-f", CONN]``;
 * plain: ``[python, "-m", "ipykernel_launcher", "-f", CONN]``.
 
 It measures the time from launch to the first ``execute_reply``; the round
@@ -41,6 +41,10 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import KernelManager
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from srt_kernel.kernel.spec import supervisor_argv  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results"
 
 #: The project's targets: start-up at most 1.25x plain ipykernel's,
@@ -52,7 +56,7 @@ ROUND_TRIP_MARGIN_TARGET_MS = 1.0
 TIMEOUT = 120.0
 
 KERNELS = {
-    "sandboxed": [sys.executable, "-m", "srt_kernel.kernel", "-f", "{connection_file}"],
+    "sandboxed": [*supervisor_argv(sys.executable), "-f", "{connection_file}"],
     "plain": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
 }
 
@@ -61,7 +65,7 @@ def write_kernelspecs(folder: Path, profile_out: Path) -> KernelSpecManager:
     """Kernelspecs for both kernels (and the profiled supervisor) in ``folder``."""
     specs = dict(KERNELS)
     specs["sandboxed-profile"] = [
-        sys.executable, "-m", "cProfile", "-o", str(profile_out),
+        sys.executable, "-P", "-m", "cProfile", "-o", str(profile_out),
         "-m", "srt_kernel.kernel", "-f", "{connection_file}",
     ]  # fmt: skip
     for name, argv in specs.items():
@@ -210,7 +214,7 @@ def memory(pid: int, sandboxed: bool) -> dict[str, Any]:
             role = "bwrap"
         elif argv[1:3] == ["-I", "-S"]:
             role = "init"
-        elif argv[1:3] == ["-m", "srt_kernel.kernel.inner"]:
+        elif argv[1:4] == ["-I", "-m", "srt_kernel.kernel.inner"]:
             role = "inner"
         else:
             continue

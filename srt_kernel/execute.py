@@ -79,7 +79,9 @@ def kernel_label(kernel_name: str) -> str:
             value=kernel_name,
             source="command line",
         ) from exc
-    if spec.argv[1:3] == ["-m", "srt_kernel.kernel"]:
+    from srt_kernel.kernel.spec import runs_supervisor
+
+    if runs_supervisor(spec.argv):
         return f"the sandboxed kernel {kernel_name!r}"
     return (
         f"the kernel {kernel_name!r} ({spec.display_name}), which is not "

@@ -343,7 +343,15 @@ def test_invalid_settings_refuse_every_cell(world: Env) -> None:
     settings = world.home / ".config" / "srt-kernel" / "settings.json"
     settings.parent.mkdir(parents=True)
     settings.write_text('{"network": {"allowedDomain": []}}')
+    # this kernel is not sandboxed: nothing it imports may come from the
+    # notebook's folder, which cells of an earlier kernel could write
+    (world.project / "psutil.py").write_text("open(__file__ + '-ran', 'w')\n")
     with kernel(world.env, world.project) as (_, kc):
+        usage = kc.session.msg("usage_request", {})
+        kc.control_channel.send(usage)
+        reply = kc.control_channel.get_msg(timeout=30)
+        assert reply["header"]["msg_type"] == "usage_reply"
+        assert reply["content"]["pid"] > 0
         info = kc.kernel_info(reply=True, timeout=30)["content"]
         assert info["banner"].startswith("srt-kernel runs no code: ")
         result = run(kc, "open('x.txt', 'w').write('ran')")
@@ -363,6 +371,33 @@ def test_invalid_settings_refuse_every_cell(world: Env) -> None:
         assert error["content"]["evalue"] == content["evalue"]
         assert run(kc, "1").status == "error"
     assert not (world.project / "x.txt").exists()
+    assert not (world.project / "psutil.py-ran").exists()
+
+
+def test_the_refusing_kernel_leaves_the_notebooks_folder(tmp_path: Path) -> None:
+    # It is not sandboxed: it serves from "/", with no working folder on
+    # sys.path, whatever folder the frontend started it in.
+    out = tmp_path / "probe.txt"
+    probe = (
+        "import os, sys\n"
+        "from ipykernel.kernelapp import IPKernelApp\n"
+        "from srt_kernel.kernel import refusal\n"
+        "def start(app):\n"
+        f"    with open({str(out)!r}, 'w') as f:\n"
+        f"        print(os.getcwd(), '' in sys.path, {str(tmp_path)!r} in sys.path,"
+        " file=f)\n"
+        "IPKernelApp.start = start\n"
+        f"refusal.serve({str(tmp_path / 'kernel.json')!r}, 'a problem')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-P", "-c", probe],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert out.read_text() == "/ False False\n"
 
 
 def test_the_cells_own_no_network_is_the_fix(
@@ -811,3 +846,47 @@ def test_execute_writes_into_a_new_folder(world: Env) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     executed = json.loads((world.project / "out" / "small.ipynb").read_text())
     assert "".join(executed["cells"][0]["outputs"][0]["text"]) == "42\n"
+
+
+#: A planted module that leaves a note when it runs anywhere but under the
+#: sandbox's seccomp filter (on the host, or inside before the filter).
+_PLANTED = (
+    "import os\n"
+    "status = open('/proc/self/status').read().splitlines()\n"
+    "mode = [line for line in status if line.startswith('Seccomp:')]\n"
+    "if mode != ['Seccomp:\\t2']:\n"
+    "    with open(os.path.join(os.getcwd(), 'planted-ran'), 'a') as note:\n"
+    "        note.write(f'{__name__} {mode}\\n')\n"
+)
+
+_PLANT = f"""
+import os, pathlib
+project = pathlib.Path.cwd()
+packages = pathlib.Path(os.environ["PIP_TARGET"])
+for folder in (project, packages):
+    for name in ("srt_kernel", "zmq", "tornado", "traitlets", "ipykernel", "psutil"):
+        (folder / name).mkdir(exist_ok=True)
+        (folder / name / "__init__.py").write_text({_PLANTED!r})
+(project / "helper_mod.py").write_text("VALUE = 'notebook folder'\\n")
+(packages / "pip_mod.py").write_text("VALUE = 'package folder'\\n")
+print("planted")
+"""
+
+
+# A cell plants packages named like srt-kernel's own and its dependencies in
+# the notebook's folder and in %pip's folder.  The next kernel starts from
+# that folder: nothing planted runs on the host (the supervisor starts with
+# -P) or unfiltered in the sandbox (the inner kernel starts isolated and
+# makes both folders importable only once its seccomp filter is on).
+def test_modules_planted_by_a_cell_never_run_outside_the_filter(world: Env) -> None:
+    with kernel(world.env, world.project) as (_, kc):
+        assert run(kc, _PLANT).stdout == "planted\n"
+    with kernel(world.env, world.project) as (_, kc):
+        cell = run(
+            kc, "import helper_mod, pip_mod\nprint(helper_mod.VALUE, pip_mod.VALUE)"
+        )
+        assert cell.status == "ok", cell.outputs
+        assert cell.stdout == "notebook folder package folder\n"
+    assert not (world.project / "planted-ran").exists(), (
+        world.project / "planted-ran"
+    ).read_text()

@@ -61,6 +61,42 @@ class SandboxedKernelApp(IPKernelApp):
         else:
             log.warning("the inner kernel runs without its seccomp filter")
 
+    def init_path(self) -> None:
+        """Make the notebook's packages and folder importable, as in any kernel.
+
+        The interpreter started isolated (``-I``): until the seccomp filter
+        is on (:meth:`init_kernel`, which runs first), nothing was imported
+        from the folders that cells can write, so a module planted there
+        cannot run unfiltered.  Now ``PYTHONPATH`` (``%pip``'s folder) goes
+        first, as the interpreter would have put it, the user's site-packages
+        if the supervisor's interpreter uses it, and the working folder before
+        site-packages, as IPython does.
+        """
+        entries = [p for p in os.environ.get("PYTHONPATH", "").split(":") if p]
+        sys.path[:0] = [p for p in entries if p not in sys.path]
+        if os.environ.get("SRT_KERNEL_USER_SITE"):
+            import site
+
+            known = len(sys.path)
+            site.addsitedir(site.getusersitepackages())  # after the filter
+            added = sys.path[known:]
+            del sys.path[known:]
+            at = _first_site_packages()
+            sys.path[at:at] = added
+        if "" not in sys.path and not self.ignore_cwd:
+            sys.path.insert(_first_site_packages(), "")
+
+
+def _first_site_packages() -> int:
+    return next(
+        (
+            i
+            for i, p in enumerate(sys.path)
+            if os.path.basename(p) in ("site-packages", "dist-packages")
+        ),
+        len(sys.path),
+    )
+
 
 def apply_seccomp() -> None:
     """Apply the sandbox's seccomp filter to all threads, or raise.

@@ -15,6 +15,7 @@ completion and inspection find nothing.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -89,9 +90,17 @@ class RefusingKernelApp(IPKernelApp):
 
 
 def serve(connection_file: str, problem: str) -> int:
-    """Serve the frontend's connection file until it shuts the kernel down."""
+    """Serve the frontend's connection file until it shuts the kernel down.
+
+    This process is not sandboxed, and its working folder is the notebook's,
+    which cells could write: it moves to ``/`` and keeps the folder off
+    ``sys.path``, so no module that ipykernel imports later (``psutil`` for
+    a usage request, say) can come from there.
+    """
+    connection_file = os.path.abspath(connection_file)
+    os.chdir("/")
     RefusingKernel.problem = problem
-    app = RefusingKernelApp.instance(kernel_class=RefusingKernel)
+    app = RefusingKernelApp.instance(kernel_class=RefusingKernel, ignore_cwd=True)
     app.initialize(["-f", connection_file])  # type: ignore[no-untyped-call]
     app.start()  # type: ignore[no-untyped-call]
     return 0

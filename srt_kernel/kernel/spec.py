@@ -6,9 +6,11 @@ in a temporary folder and handed to jupyter_client's
 or ``--prefix P`` (the system-wide Jupyter data dir when none is given).
 
 The kernel.json runs the supervisor with this interpreter's absolute path
-(``[sys.executable, "-m", "srt_kernel.kernel", "-f", "{connection_file}"]``)
-and says ``"interrupt_mode": "message"``: the frontend then interrupts with
-an ``interrupt_request`` on the control channel, which the relay passes to
+(``[sys.executable, "-P", "-m", "srt_kernel.kernel", "-f",
+"{connection_file}"]``: ``-P`` keeps the notebook's folder, which cells can
+write, off ``sys.path``; see :func:`supervisor_argv`) and says
+``"interrupt_mode": "message"``: the frontend then interrupts with an
+``interrupt_request`` on the control channel, which the relay passes to
 the inner kernel, instead of signalling the supervisor's process group
 (where a signal would also reach bubblewrap unless it sits in a session of
 its own).  This works the same for local frontends and kernel gateways; a
@@ -58,15 +60,44 @@ def parse_env(pairs: Sequence[str]) -> dict[str, str]:
     return env
 
 
+#: What an interpreter without ``-P`` (before 3.11) runs instead of ``-m``:
+#: it drops the current folder from ``sys.path`` before importing anything.
+_BOOT_WITHOUT_SAFE_PATH = (
+    "import sys; del sys.path[0]; import runpy; "
+    "runpy.run_module('srt_kernel.kernel', run_name='__main__', alter_sys=True)"
+)
+
+
+def supervisor_argv(python: str) -> list[str]:
+    """How to start the supervisor with ``python``, the cwd kept off ``sys.path``.
+
+    A frontend starts a kernel in the notebook's folder, which the notebook's
+    cells can write.  ``python -m`` would put that folder first on
+    ``sys.path``, so a planted ``srt_kernel/`` or a module named like one of
+    the supervisor's dependencies would run on the host, unsandboxed, at
+    the kernel's next start.  ``-P`` leaves the folder out; an interpreter
+    older than 3.11 has no ``-P`` and drops it itself before any import.
+    """
+    if hasattr(sys.flags, "safe_path"):  # -P is there (3.11 and later)
+        return [python, "-P", "-m", "srt_kernel.kernel"]
+    return [python, "-c", _BOOT_WITHOUT_SAFE_PATH]
+
+
+def runs_supervisor(argv: Sequence[str]) -> bool:
+    """Whether a kernelspec's argv starts srt-kernel's supervisor."""
+    return list(argv[1:4]) == ["-P", "-m", "srt_kernel.kernel"] or list(argv[1:3]) in (
+        ["-m", "srt_kernel.kernel"],
+        ["-c", _BOOT_WITHOUT_SAFE_PATH],
+    )
+
+
 def kernel_json(
     display_name: str = DISPLAY_NAME, env: Mapping[str, str] | None = None
 ) -> dict[str, object]:
     """The kernel.json this installer writes."""
     spec: dict[str, object] = {
         "argv": [
-            str(Path(sys.executable).absolute()),
-            "-m",
-            "srt_kernel.kernel",
+            *supervisor_argv(str(Path(sys.executable).absolute())),
             "-f",
             "{connection_file}",
         ],

@@ -296,6 +296,10 @@ class Supervisor:
         command = [
             # not resolved: a virtual environment is found from this path
             sys.executable,
+            # isolated: neither the notebook's folder nor its package folder
+            # (both writable by cells) nor PYTHON* variables count before
+            # the inner kernel's seccomp filter is on (inner.init_path)
+            "-I",
             "-m",
             "srt_kernel.kernel.inner",
             seccomp,
@@ -324,6 +328,9 @@ class Supervisor:
                 # interpreter's own site-packages is read-only in the sandbox
                 "PIP_TARGET": PACKAGES_INSIDE,
                 "PYTHONPATH": PACKAGES_INSIDE,
+                # -I turns the user's site-packages off; the inner kernel
+                # turns it back on (after its filter) if this one has it
+                "SRT_KERNEL_USER_SITE": "1" if _user_site_enabled() else "",
                 "PIP_DISABLE_PIP_VERSION_CHECK": "1",
             },
         )
@@ -759,6 +766,12 @@ def settings_problem(exc: PolicyError) -> str:
     )
 
 
+def _user_site_enabled() -> bool:
+    import site
+
+    return bool(site.ENABLE_USER_SITE)
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m srt_kernel.kernel -f CONNECTION_FILE``."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -766,6 +779,17 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m srt_kernel.kernel -f CONNECTION_FILE", file=sys.stderr)
         return 2
     configure_logging(level="WARNING", format="srt-kernel: %(message)s")
+    if sys.path and sys.path[0] in ("", os.getcwd()):
+        # A kernelspec from before -P: ``python -m`` put the notebook's
+        # folder, which cells can write, first on sys.path.  Nothing more is
+        # imported from it; reinstalling the kernelspec closes the start too.
+        del sys.path[0]
+        log.warning(
+            "this kernelspec starts srt-kernel with the notebook's folder on "
+            "sys.path, so files a cell wrote there could run outside the "
+            "sandbox when the kernel starts; reinstall it: srt-kernel install "
+            "--user (or the option you installed it with)"
+        )
     supervisor: Supervisor | None = None
     try:
         try:
