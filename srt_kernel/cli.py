@@ -383,13 +383,20 @@ def cmd_trust(args: argparse.Namespace) -> int:
     if metadata is None:
         print(f"{notebook.name} has no sandbox metadata: it asks for nothing.")
         return 0
+    from srt_kernel.record import replace
+    from srt_kernel.sandbox.facts import real_filesystem, real_layer
+
     context = locations.gather_context(str(notebook.parent))
     base = pol.resolve(context, locations.user_layers(args.settings, context))
-    layer = pol.parse_layer(
-        metadata,
-        source=f"notebook metadata ({notebook.name})",
-        context=context,
-        trusted=False,
+    # what the paths lead to, as the kernel judges them (symlinks resolved)
+    base = replace(base, filesystem=real_filesystem(base.filesystem))
+    layer = real_layer(
+        pol.parse_layer(
+            metadata,
+            source=f"notebook metadata ({notebook.name})",
+            context=context,
+            trusted=False,
+        )
     )
     wanted = trust.widening(base, layer)
     if not wanted:
@@ -399,6 +406,8 @@ def cmd_trust(args: argparse.Namespace) -> int:
         )
         return 0
     ceiling = trust.load_ceiling(base.notebook_ceiling, context)
+    if ceiling is not None:
+        ceiling = real_layer(ceiling)
     capped, cut = trust.cap(layer, ceiling, base)
     granted = trust.widening(base, capped).lines()
     print(f"{notebook.name} asks to let its code:")

@@ -202,28 +202,63 @@ def check_narrowing(line: str) -> None:
                 "sandbox metadata once you approve it with srt-kernel trust."
             )
 
+    # The supervisor narrows the request's cell by its own first line: the
+    # same %%sandbox line, or nothing was narrowed (code that runs a cell of
+    # its own with run_cell, say) and the narrowing is refused.
+    code = _running_cell_code()
+    head = code.lstrip().split("\n", 1)[0] if code is not None else ""
+    asked = _NARROWING_LINE.match(head)
+    if asked is None or asked.group(1).strip() != line.strip():
+        raise UsageError(
+            "%%sandbox narrows the network only as the first line of a cell "
+            "run from the frontend; here nothing would be narrowed, so it is "
+            "refused."
+        )
+
 
 def narrowing_transform(lines: list[str]) -> list[str]:
     """Inside the sandboxed kernel, make a ``%%sandbox`` cell a plain cell.
 
-    An IPython input transformer: the first line ``%%sandbox OPTIONS``
-    becomes a call of :func:`check_narrowing`, on the same line, and the
-    rest of the cell stays as it is.  The cell then runs as the kernel's
-    own cell (not a cell run from inside a magic): its error is shown once,
-    labelled with its own prompt number and line numbers, its value is its
-    ``Out``, and a failure is the cell's failure.  Outside a sandbox, and
-    for any other cell, ``lines`` is returned unchanged.
+    An IPython input transformer, run before every other: when the cell's
+    first line, after leading white space, is ``%%sandbox OPTIONS`` (the
+    very rule by which the supervisor narrows the cell's network), that
+    line becomes a call of :func:`check_narrowing` and the rest of the cell
+    stays as it is.  The cell then runs as the kernel's own cell (not a
+    cell run from inside a magic): its error is shown once, labelled with
+    its own prompt number and line numbers, its value is its ``Out``, and a
+    failure is the cell's failure.  Outside a sandbox, and for any other
+    cell, ``lines`` is returned unchanged; a ``%%sandbox`` that the
+    supervisor did not read as the first line (after a ``>>>`` prompt, say)
+    reaches the magic, which refuses it.
     """
     if not lines or not in_sandbox():
         return lines
-    match = _NARROWING_LINE.match(lines[0])
+    first = next((i for i, line in enumerate(lines) if line.strip()), None)
+    if first is None:
+        return lines
+    match = _NARROWING_LINE.match(lines[first].lstrip())
     if match is None:
         return lines
     check = (
         f"__import__('srt_kernel.magics').magics.check_narrowing("
         f"{match.group(1).strip()!r})\n"
     )
-    return [check, *lines[1:]]
+    return [check, *lines[first + 1 :]]
+
+
+def _running_cell_code() -> str | None:
+    """The code of the execute_request the kernel is running, if any."""
+    from IPython import get_ipython
+
+    kernel = getattr(get_ipython(), "kernel", None)
+    if kernel is None:
+        return None
+    try:
+        parent = kernel.get_parent("shell")
+    except Exception:  # no request in progress: treated as none
+        return None
+    code = parent.get("content", {}).get("code") if parent else None
+    return code if isinstance(code, str) else None
 
 
 # --------------------------------------------------------------------------
@@ -954,4 +989,4 @@ def load_ipython_extension(ipython: Any) -> None:
     ipython.register_magics(SandboxMagics)
     transforms = ipython.input_transformers_cleanup
     if narrowing_transform not in transforms:
-        transforms.append(narrowing_transform)
+        transforms.insert(0, narrowing_transform)

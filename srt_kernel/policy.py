@@ -257,6 +257,10 @@ class FilesystemPolicy(Record):
     deny_write: tuple[str, ...] = ()
     #: (path, rule, where it came from), for display and block reports.
     sources: tuple[tuple[str, str, str], ...] = ()
+    #: Allowed paths that an untrusted layer (notebook metadata) named,
+    #: already resolved: the sandbox keeps them only while they still lead
+    #: to themselves, so a symlink swapped in since grants nothing.
+    pinned: tuple[str, ...] = ()
 
     def readable(self, path: str) -> bool:
         """Whether ``path`` (absolute, normalised) may be read."""

@@ -240,3 +240,26 @@ def test_kernel_file_fixes_name_the_settings_file_in_use() -> None:
         "/home/u/.ssh from denyRead, in your settings (~/.srt-settings.json) and "
         "restart the kernel"
     )
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "entry"),
+    [
+        ("::1", 8080, '"[::1]:8080"'),
+        ("2001:db8::1", 8443, '"[2001:db8::1]:8443"'),
+        ("2001:db8::1", 443, '"[2001:db8::1]:443"'),
+        ("127.0.0.1", 80, '"127.0.0.1:80"'),
+        ("localhost", 443, '"localhost:443"'),
+        ("example.com", 443, '"example.com"'),
+        ("example.com", 8080, '"example.com:8080"'),
+    ],
+)
+def test_the_entry_to_add_is_valid_and_no_wider_than_needed(
+    host: str, port: int, entry: str
+) -> None:
+    fix = network_block(host, port, "not in allowedDomains").fix
+    assert fix.startswith(f"add {entry} to ")
+    # and it parses as an entry that allows exactly this host and port
+    pattern = parse_pattern(entry.strip('"'), field="allowedDomains")
+    assert pattern.matches(parse_host(host), port)
+    assert pattern.port in (port, None) and (pattern.port == port or port in (80, 443))

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,6 +91,29 @@ def test_help_is_complete(shell: InteractiveShell) -> None:
         assert text in doc
 
 
+class _Request:
+    """The execute_request a kernel is running, as ipykernel hands it out:
+    the narrowing checks that the cell it runs is that request's cell."""
+
+    code = ""
+
+    def get_parent(self, channel: str) -> dict[str, Any]:
+        return {"content": {"code": self.code}}
+
+
+def _as_request(
+    shell: InteractiveShell, monkeypatch: pytest.MonkeyPatch
+) -> Callable[[str], Any]:
+    request = _Request()
+    monkeypatch.setattr(shell, "kernel", request, raising=False)
+
+    def run_cell(cell: str) -> Any:
+        request.code = cell
+        return shell.run_cell(cell)
+
+    return run_cell
+
+
 def test_inside_the_sandboxed_kernel_the_magic_only_narrows(
     shell: InteractiveShell, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -99,13 +122,14 @@ def test_inside_the_sandboxed_kernel_the_magic_only_narrows(
     policy.write_text("Network:\n  allow  example.test from x\n")
     (tmp_path / "policy.json").write_text('{"allowedDomains": ["example.test"]}')
     monkeypatch.setenv("SRT_KERNEL_POLICY", str(policy))
+    run_cell = _as_request(shell, monkeypatch)
     for line, message in [
         ("--write /tmp/x", "narrows the network only"),
         ("--allow other.test", "asks for more than this kernel has"),
         ("--allow", "--allow needs a DOMAIN"),
         ("--allow 'bad host!'", "--allow"),
     ]:
-        refused = shell.run_cell(f"%%sandbox {line}\nran_refused = True\n")
+        refused = run_cell(f"%%sandbox {line}\nran_refused = True\n")
         assert isinstance(refused.error_in_exec, UsageError)
         assert message in str(refused.error_in_exec)
         assert "ran_refused" not in shell.user_ns
@@ -117,7 +141,7 @@ def test_inside_the_sandboxed_kernel_the_magic_only_narrows(
     # only a cell's first line narrows (the supervisor reads that line)
     with pytest.raises(UsageError, match="only as the first line of a cell"):
         shell.run_cell_magic("sandbox", "--no-network", "pass")
-    ran = shell.run_cell("%%sandbox --allow example.test\nran_narrowed = True\n")
+    ran = run_cell("%%sandbox --allow example.test\nran_narrowed = True\n")
     assert ran.success
     assert shell.user_ns["ran_narrowed"] is True
     assert shell.run_line_magic("sandbox", "") is None
@@ -133,7 +157,8 @@ def test_a_narrowed_cell_fails_as_itself(
     monkeypatch.setattr(
         shell, "showtraceback", lambda *a, **k: shown.append(sys.exc_info()[1])
     )
-    failed = shell.run_cell("%%sandbox --no-network\nprint('start')\n1/0\n")
+    run_cell = _as_request(shell, monkeypatch)
+    failed = run_cell("%%sandbox --no-network\nprint('start')\n1/0\n")
     assert isinstance(failed.error_in_exec, ZeroDivisionError)
     assert shown == [failed.error_in_exec]
     # the traceback names the cell's own line 3, as the user sees the cell
@@ -141,10 +166,17 @@ def test_a_narrowed_cell_fails_as_itself(
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
     assert tb is not None and tb.tb_lineno == 3
+    # run by code rather than as the request's cell, nothing is narrowed:
+    # refused
+    nested_cell = "%%sandbox --no-network\nprint('nested')\n"
+    shell.kernel.code = f"get_ipython().run_cell({nested_cell!r})"  # type: ignore[attr-defined]
+    nested = shell.run_cell(nested_cell)
+    assert isinstance(nested.error_in_exec, UsageError)
+    assert "only as the first line of a cell" in str(nested.error_in_exec)
     # outside a sandbox the transform leaves every cell alone
     monkeypatch.delenv("SRT_KERNEL_SANDBOX")
     lines = ["%%sandbox --no-network\n", "1/0\n"]
-    assert shell.input_transformers_cleanup[-1](lines) == lines
+    assert shell.input_transformers_cleanup[0](lines) == lines
 
 
 # --------------------------------------------------------------------------

@@ -348,3 +348,20 @@ def test_private_binds_go_below_the_run_folder_inside() -> None:
     assert Mount("bind", "/run/srt-kernel/kernel", "/host/k") in result.mounts
     with pytest.raises(ValueError, match="below"):
         plan(FilesystemPolicy(allow_write=(P,)), binds=(("/host/k", "/etc/x", True),))
+
+
+def test_an_untrusted_path_that_now_leads_elsewhere_grants_nothing() -> None:
+    # notebook metadata's paths are judged resolved and pinned; a symlink
+    # swapped in afterwards (P/a now leads to the home folder) drops them
+    swapped = facts(links={f"{P}/a": HOME})
+    fs = FilesystemPolicy(
+        allow_write=(P, f"{P}/a"),
+        allow_read=(f"{P}/a",),
+        pinned=(f"{P}/a",),
+    )
+    result = plan(fs, swapped)
+    assert result.resolved.allow_write == (P,)
+    assert result.resolved.allow_read == ()
+    # the same path from the trusted side follows the link, as before
+    trusted = plan(FilesystemPolicy(allow_write=(P, f"{P}/a")), swapped)
+    assert trusted.resolved.allow_write == (P, HOME)

@@ -303,6 +303,48 @@ def test_user_ceiling_caps_even_approved(world: Env) -> None:
 
 
 @pytest.mark.bwrap
+def test_metadata_paths_through_symlinks_are_judged_where_they_lead(
+    world: Env,
+) -> None:
+    # Links in the notebook's folder (a cell or a cloned repository can put
+    # them there) to a read-denied key and to a folder outside the project:
+    # metadata that names the links asks for what they lead to, and gets
+    # neither, approved or not.
+    key = world.home / ".ssh" / "id_rsa"
+    key.write_text("PRIVATE-KEY")
+    outside = world.home / "bin"
+    outside.mkdir()
+    (world.project / "k").symlink_to(key)
+    (world.project / "h").symlink_to(outside)
+    request = {"filesystem": {"allowRead": ["./k"], "allowWrite": ["./h"]}}
+    set_sandbox_metadata(world.notebook, request)
+    code = (
+        "import errno\n"
+        "for name, f in [('read', lambda: open('k').read()),\n"
+        "                ('write', lambda: open('h/x', 'w').write('x'))]:\n"
+        "    try:\n        print(name, f())\n"
+        "    except OSError as e:\n        print(name, errno.errorcode[e.errno])\n"
+    )
+    with kernel(world.env, world.project) as (_, kc):
+        result = run(kc, code)
+    # the key is under a read-denied folder, which is empty inside
+    assert result.stdout == "read ENOENT\nwrite EROFS\n", result.outputs
+    assert not (outside / "x").exists()
+    # srt-kernel trust shows the request as what it is
+    shown = subprocess.run(
+        [sys.executable, "-m", "srt_kernel.cli", "trust", str(world.notebook)],
+        cwd=world.project,
+        env={k: v for k, v in world.env.items() if k != "SRT_KERNEL_NOTEBOOK"},
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+    )
+    assert f"read {key}, which your settings deny" in shown.stdout
+    assert f"write files below {outside}" in shown.stdout
+
+
+@pytest.mark.bwrap
 def test_cell_cannot_escalate_through_files(world: Env) -> None:
     data = world.home / ".local" / "share" / "srt-kernel"
     code = f"""
@@ -440,3 +482,11 @@ def test_a_narrowed_cell_is_the_cell_itself(world: Env) -> None:
         assert called.reply["content"]["ename"] == "UsageError"
         assert "first line of a cell" in called.reply["content"]["evalue"]
         assert called.stdout == ""
+        # pasted with a prompt, the supervisor does not read the line: refused
+        pasted = run(kc, ">>> %%sandbox --no-network\n>>> print('pasted')")
+        assert pasted.reply["content"]["ename"] == "UsageError"
+        assert pasted.stdout == ""
+        # a cell that code runs as a cell of its own is not narrowed: refused
+        nested = run(kc, "get_ipython().run_cell('%%sandbox --no-network\\nprint(7)')")
+        assert "only as the first line of a cell" in str(nested.outputs)
+        assert nested.stdout == ""

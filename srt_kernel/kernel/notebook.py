@@ -16,6 +16,7 @@ from srt_kernel import locations, trust
 from srt_kernel import policy as pol
 from srt_kernel.errors import PolicyError
 from srt_kernel.record import Record, replace
+from srt_kernel.sandbox.facts import real_filesystem, real_layer
 
 # Not typing.TYPE_CHECKING: importing typing costs the kernel's start-up.
 TYPE_CHECKING = False
@@ -107,7 +108,9 @@ def _notebook_policy(
         metadata = read_metadata(notebook)
         if metadata is None:
             return PolicyState(base, base)
-        layer = pol.parse_layer(metadata, source=source, context=context, trusted=False)
+        layer = real_layer(
+            pol.parse_layer(metadata, source=source, context=context, trusted=False)
+        )
     except (OSError, ValueError, PolicyError) as exc:
         # Unreadable or invalid metadata: no network and no writes until fixed.
         closed = replace(
@@ -122,14 +125,20 @@ def _notebook_policy(
         return PolicyState(base, closed, problem=problem)
     try:
         ceiling = trust.load_ceiling(base.notebook_ceiling, context)
+        if ceiling is not None:
+            ceiling = real_layer(ceiling)
         approved = approvals().is_approved(notebook, metadata)
     except PolicyError as exc:
         ceiling, approved = None, False
         extra = [f"approval could not be checked ({exc}); running unapproved."]
     else:
         extra = []
+    # judged as what its paths lead to, against settings resolved likewise
+    base = replace(base, filesystem=real_filesystem(base.filesystem))
     wanted = trust.widening(base, layer)
     result, cut = trust.apply_notebook(base, layer, approved=approved, ceiling=ceiling)
+    pinned = (layer.allow_read or ()) + (layer.allow_write or ())
+    result = replace(result, filesystem=replace(result.filesystem, pinned=pinned))
     notes = [n for n in result.notes if n not in base.notes] + cut + extra
     if wanted and not approved:
         notes.append(

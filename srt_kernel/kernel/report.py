@@ -32,7 +32,7 @@ import re
 from collections.abc import Iterable, Sequence
 
 from srt_kernel.errors import HostError
-from srt_kernel.hosts import Host, parse_host
+from srt_kernel.hosts import Host, is_loopback_name, parse_host
 from srt_kernel.policy import FilesystemPolicy, Layer, Policy, is_within
 from srt_kernel.record import Record, replace
 
@@ -151,8 +151,8 @@ def network_block(
 def _network_fix(
     host: str, port: int, rule: str, address: str | None, advice: Advice
 ) -> str:
-    entry = host if port in (80, 443) else f"{host}:{port}"
     parsed = _host(host)
+    entry = _entry(host, parsed, port)
     if rule.startswith(("invalid host", "bad type", "port 0")):
         return "nothing to allow: the request did not name a valid host and port"
 
@@ -201,6 +201,18 @@ def _network_fix(
     if " only on port " in rule and parsed is not None:
         entry = f"{parsed.for_url()}:{port}"
     return _allow_fix(entry, parsed, port, advice)
+
+
+def _entry(text: str, host: Host | None, port: int) -> str:
+    """The allowedDomains entry that allows ``text`` on ``port`` and no more.
+
+    A name is allowed on any port when the port is the usual one; an
+    address always with its port (in brackets for IPv6), and loopback, which
+    must carry one, too.
+    """
+    if host is not None and (host.ip is not None or is_loopback_name(host.name or "")):
+        return f"{host.for_url()}:{port}"
+    return text if port in (80, 443) else f"{text}:{port}"
 
 
 def _allow_fix(entry: str, host: Host | None, port: int, advice: Advice) -> str:

@@ -15,7 +15,8 @@ import stat
 from collections.abc import Iterable
 
 from srt_kernel.log import get_logger
-from srt_kernel.policy import Policy
+from srt_kernel.policy import FilesystemPolicy, Layer, Policy
+from srt_kernel.record import replace
 from srt_kernel.sandbox.plan import (
     PROTECTED_FIRST,
     PROTECTED_NAMES,
@@ -122,6 +123,41 @@ def scan_protected(root: str, skip: Iterable[str] = ()) -> list[str]:
                     continue
                 stack.append(entry.path)
     return found
+
+
+def real_paths(paths: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """``paths`` with every symlink resolved (None stays None)."""
+    if paths is None:
+        return None
+    return tuple(dict.fromkeys(os.path.realpath(p) for p in paths))
+
+
+def real_layer(layer: Layer) -> Layer:
+    """An untrusted layer's paths resolved, before it is judged.
+
+    Notebook metadata names paths in a folder that cells can write, where
+    ``./k`` may be a symlink to ``~/.ssh/id_rsa``: judged as written, it
+    would look like a path inside the project.  Resolved, it is judged as
+    what it leads to.
+    """
+    return replace(
+        layer,
+        allow_read=real_paths(layer.allow_read),
+        allow_write=real_paths(layer.allow_write),
+        deny_read=real_paths(layer.deny_read),
+        deny_write=real_paths(layer.deny_write),
+    )
+
+
+def real_filesystem(fs: FilesystemPolicy) -> FilesystemPolicy:
+    """A trusted policy's paths resolved, to be compared with resolved ones."""
+    return replace(
+        fs,
+        allow_read=real_paths(fs.allow_read) or (),
+        allow_write=real_paths(fs.allow_write) or (),
+        deny_read=real_paths(fs.deny_read) or (),
+        deny_write=real_paths(fs.deny_write) or (),
+    )
 
 
 def missing_writable(policy: Policy) -> list[str]:

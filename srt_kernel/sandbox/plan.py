@@ -215,10 +215,15 @@ def resolve_policy(fs: FilesystemPolicy, facts: FsFacts) -> FilesystemPolicy:
     def real_all(paths: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(dict.fromkeys(_real(facts, p) for p in paths))
 
+    def still_real(paths: tuple[str, ...]) -> tuple[str, ...]:
+        # an untrusted path that now leads elsewhere (a symlink swapped in
+        # after it was judged) is dropped: it grants nothing
+        return tuple(p for p in paths if p not in fs.pinned or _real(facts, p) == p)
+
     return FilesystemPolicy(
         deny_read=real_all(fs.deny_read),
-        allow_read=real_all(fs.allow_read),
-        allow_write=real_all(fs.allow_write),
+        allow_read=real_all(still_real(fs.allow_read)),
+        allow_write=real_all(still_real(fs.allow_write)),
         deny_write=real_all(fs.deny_write),
         sources=fs.sources,
     )
