@@ -3,9 +3,10 @@
 ``run`` runs a command in the sandbox, ``doctor`` says whether this machine
 can build one, ``policy`` shows the policy that would apply and where each
 part comes from.  Exit statuses: the command's own for ``run``; 2 for a
-mistake in the settings or options (nothing ran); 125 when the sandbox
-could not be built (nothing ran); 1 when another command could not do its
-work (a kernelspec folder that cannot be written, say).
+mistake in the settings or options, or in the sandbox metadata of the
+notebook that ``policy`` or ``trust`` was given (nothing ran); 125 when the
+sandbox could not be built (nothing ran); 1 when another command could not
+do its work (a kernelspec folder that cannot be written, say).
 """
 
 from __future__ import annotations
@@ -92,7 +93,12 @@ def _run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--debug", action="store_true", help="say what the sandbox was built from"
     )
-    run.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD [ARG]...")
+    run.add_argument(
+        "argv",
+        nargs=argparse.REMAINDER,
+        metavar="-- CMD [ARG]...",
+        help="the command to run and its arguments, after --",
+    )
 
 
 def _no_options(_p: argparse.ArgumentParser) -> None:
@@ -110,14 +116,21 @@ def _policy_options(show: argparse.ArgumentParser) -> None:
 
 
 def _trust_options(trust_p: argparse.ArgumentParser) -> None:
-    trust_p.add_argument("notebook", metavar="NOTEBOOK")
+    trust_p.add_argument(
+        "notebook", metavar="NOTEBOOK", help="the notebook whose request to review"
+    )
     trust_p.add_argument(
         "--yes", action="store_true", help="approve without asking (for scripts)"
     )
     trust_p.add_argument(
         "--revoke", action="store_true", help="withdraw the approval of NOTEBOOK"
     )
-    trust_p.add_argument("--settings", metavar="FILE", help="settings file")
+    trust_p.add_argument(
+        "--settings",
+        metavar="FILE",
+        help="settings file (default: ~/.config/srt-kernel/settings.json, "
+        "else ~/.srt-settings.json)",
+    )
 
 
 def _install_options(install: argparse.ArgumentParser) -> None:
@@ -129,8 +142,20 @@ def _install_options(install: argparse.ArgumentParser) -> None:
         help="into this Python environment (sys.prefix)",
     )
     where.add_argument("--prefix", metavar="P", help="under the prefix P")
-    install.add_argument("--name", default="python-sandboxed", metavar="N")
-    install.add_argument("--display-name", default="Python (sandboxed)", metavar="D")
+    install.add_argument(
+        "--name",
+        default="python-sandboxed",
+        metavar="N",
+        help="the kernelspec's name, which frontends and --kernel use "
+        "(default python-sandboxed)",
+    )
+    install.add_argument(
+        "--display-name",
+        default="Python (sandboxed)",
+        metavar="D",
+        help="the name shown in the frontend's kernel list "
+        "(default 'Python (sandboxed)')",
+    )
     install.add_argument(
         "--env",
         action="append",
@@ -141,12 +166,26 @@ def _install_options(install: argparse.ArgumentParser) -> None:
 
 
 def _uninstall_options(uninstall: argparse.ArgumentParser) -> None:
-    uninstall.add_argument("--name", default="python-sandboxed", metavar="N")
-    uninstall.add_argument("--prefix", metavar="P")
+    where = uninstall.add_mutually_exclusive_group()
+    where.add_argument(
+        "--user", action="store_true", help="only from this user's kernelspecs"
+    )
+    where.add_argument(
+        "--sys-prefix",
+        action="store_true",
+        help="only from this Python environment (sys.prefix)",
+    )
+    where.add_argument("--prefix", metavar="P", help="only from under the prefix P")
+    uninstall.add_argument(
+        "--name",
+        default="python-sandboxed",
+        metavar="N",
+        help="the kernelspec to remove (default python-sandboxed)",
+    )
 
 
 def _execute_options(execute: argparse.ArgumentParser) -> None:
-    execute.add_argument("notebook", metavar="NOTEBOOK")
+    execute.add_argument("notebook", metavar="NOTEBOOK", help="the notebook to run")
     execute.add_argument(
         "-o",
         "--output",
@@ -183,10 +222,19 @@ SUBCOMMANDS: dict[str, tuple[str, str | None, AddOptions]] = {
         "before the command, or -c 'STRING' for a shell line.",
         _run_options,
     ),
-    "doctor": ("check that this machine can build the sandbox", None, _no_options),
+    "doctor": (
+        "check that this machine can build the sandbox",
+        "Check that bubblewrap, user namespaces and seccomp work here, and say "
+        "exactly what to fix if not. Exits with 1 when the sandbox cannot be "
+        "built.",
+        _no_options,
+    ),
     "policy": (
         "show the policy that would apply, and where each part comes from",
-        None,
+        "Show the policy that `srt-kernel run` with these options would apply "
+        "(or, with NOTEBOOK, that the notebook's kernel would run under), and "
+        "where each part comes from. Exits with 2 when the settings or the "
+        "notebook's sandbox metadata cannot be used.",
         _policy_options,
     ),
     "trust": (
@@ -195,8 +243,19 @@ SUBCOMMANDS: dict[str, tuple[str, str | None, AddOptions]] = {
         "and record your approval. Any later change to the request voids it.",
         _trust_options,
     ),
-    "install": ('install the "Python (sandboxed)" kernel', None, _install_options),
-    "uninstall": ("remove the kernelspec", None, _uninstall_options),
+    "install": (
+        'install the "Python (sandboxed)" kernel',
+        'Install the "Python (sandboxed)" kernelspec, which runs every cell in '
+        "the sandbox, with this Python. Without --user, --sys-prefix or "
+        "--prefix it goes to the system-wide Jupyter folder.",
+        _install_options,
+    ),
+    "uninstall": (
+        "remove the kernelspec",
+        "Remove the kernelspec N. Without --user, --sys-prefix or --prefix, "
+        "the first one that Jupyter finds is removed.",
+        _uninstall_options,
+    ),
     "execute": (
         "run every cell of a notebook headless under its policy",
         "Run every cell of NOTEBOOK in the sandboxed kernel, carrying on past "
@@ -257,12 +316,14 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                 formatter_class=_Formatter,
             )
             add_options(command)
+            # so that main() reports a command's unknown options with its usage
+            command.set_defaults(command_parser=command)
     return parser
 
 
 def _policy_from_args(args: argparse.Namespace) -> pol.Policy:
-    context = locations.gather_context()
     source = "command line"
+    context = locations.gather_context()
     policy = pol.resolve(context, locations.user_layers(args.settings, context))
 
     def patterns(values: Sequence[str], flag: str) -> list[HostPattern]:
@@ -284,7 +345,21 @@ def _policy_from_args(args: argparse.Namespace) -> pol.Policy:
         deny_read=paths(args.deny_read, "--deny-read"),
         allow_read=paths(args.allow_read, "--allow-read"),
         source=source,
+        home=context.home,
     )
+
+
+def _refuse_contradictions(args: argparse.Namespace) -> None:
+    """Options of ``run`` and ``policy`` that cannot both be meant."""
+    if args.no_network and args.allow:
+        raise PolicyError(
+            f"--no-network and --allow {args.allow[0]} contradict each other; "
+            "give --no-network for no network at all, or --allow for the hosts "
+            "to reach, not both.",
+            field="--no-network",
+            value=args.allow[0],
+            source="command line",
+        )
 
 
 def _command_from_args(args: argparse.Namespace) -> list[str]:
@@ -318,6 +393,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from srt_kernel.sandbox.bwrap import run_command
     from srt_kernel.sandbox.facts import missing_writable
 
+    _refuse_contradictions(args)
     policy = _policy_from_args(args)
     command = _command_from_args(args)
     missing = missing_writable(policy)
@@ -337,6 +413,7 @@ def cmd_doctor(_args: argparse.Namespace) -> int:
 def cmd_policy(args: argparse.Namespace) -> int:
     from srt_kernel.sandbox.facts import missing_writable
 
+    _refuse_contradictions(args)
     if args.notebook is None:
         policy = _policy_from_args(args)
         print(pol.describe(policy))
@@ -356,7 +433,8 @@ def cmd_policy(args: argparse.Namespace) -> int:
     for note in state.notes:
         if note not in state.policy.notes:  # describe() printed those
             print(f"Note: {note}")
-    return 0
+    # the kernel would run this notebook closed off: scripts must notice
+    return USAGE_ERROR if state.problem else 0
 
 
 def cmd_trust(args: argparse.Namespace) -> int:
@@ -460,7 +538,9 @@ def cmd_install(args: argparse.Namespace) -> int:
 def cmd_uninstall(args: argparse.Namespace) -> int:
     from srt_kernel.kernel import spec
 
-    removed = spec.uninstall(args.name, prefix=args.prefix)
+    removed = spec.uninstall(
+        args.name, user=args.user, sys_prefix=args.sys_prefix, prefix=args.prefix
+    )
     print(f"Removed kernelspec {args.name} from {removed}")
     return 0
 
@@ -497,7 +577,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else list(argv)
     only = words[0] if words and words[0] in SUBCOMMANDS else None
     parser = build_parser(only)
-    args = parser.parse_args(words)
+    args, unknown = parser.parse_known_args(words)
+    if unknown:
+        command_parser = getattr(args, "command_parser", None) or parser
+        command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command is None:
         parser.print_help()
         return USAGE_ERROR

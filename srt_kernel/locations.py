@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from srt_kernel import policy as pol
 from srt_kernel.errors import SettingsFileError
 from srt_kernel.log import get_logger
+from srt_kernel.record import replace
 
 logger = get_logger(__name__)
 
@@ -196,12 +197,22 @@ def user_layers(settings: str | None, context: pol.Context) -> list[pol.Layer]:
     """The trusted layers: the named file, or ours, or srt's; never a mix.
 
     With ``settings`` given, that file alone is used and must be readable.
-    Otherwise the first of ours and srt's that exists (:func:`settings_file`).
+    Otherwise the first of ours and srt's that exists (:func:`settings_file`);
+    when both exist, the layer carries a note that srt's is not read.
     """
     path = settings_file(settings)
     if path is None:
         return []
-    return [read_settings_file(path, context, named=settings is not None)]
+    layer = read_settings_file(path, context, named=settings is not None)
+    srt = srt_settings_path()
+    if settings is None and path != srt and os.path.exists(srt):
+        note = (
+            f"{path}: used as your settings; {srt} exists too and is not read "
+            "(srt-kernel reads one settings file, never a mix). Copy what you "
+            "need from it into the first, or name the one to use with --settings."
+        )
+        layer = replace(layer, warnings=(*layer.warnings, note))
+    return [layer]
 
 
 def load_policy(

@@ -26,7 +26,7 @@ import ipaddress
 import json
 import posixpath
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from srt_kernel.errors import PolicyError, SettingsFileError
 from srt_kernel.hosts import (
@@ -102,6 +102,7 @@ CREDENTIAL_PATHS: tuple[str, ...] = (
     "~/.cargo/credentials",
     "~/.cargo/credentials.toml",
     "~/.terraform.d",
+    "~/.terraformrc",
     "~/.vault-token",
     "~/.huggingface",
     "~/.cache/huggingface/token",
@@ -109,6 +110,34 @@ CREDENTIAL_PATHS: tuple[str, ...] = (
     "~/.kaggle",
     "~/.config/anthropic",
     "~/.config/openai",
+    # coding assistants: tokens, and transcripts that quote whatever they read
+    "~/.claude",
+    "~/.claude.json",
+    "~/.codex",
+    "~/.gemini",
+    "~/.config/github-copilot",
+    # more cloud and service command lines
+    "~/.oci",
+    "~/.aliyun",
+    "~/.bluemix",
+    "~/.config/doctl",
+    "~/.config/glab-cli",
+    "~/.config/ngrok",
+    "~/.ngrok2",
+    "~/.config/sops",
+    "~/.databrickscfg",
+    "~/.boto",
+    "~/.s3cfg",
+    # database clients' stored passwords
+    "~/.pgpass",
+    "~/.my.cnf",
+    # build tools' repository credentials
+    "~/.m2/settings.xml",
+    "~/.m2/settings-security.xml",
+    "~/.gradle/gradle.properties",
+    "~/.yarnrc.yml",
+    "~/.config/composer/auth.json",
+    "~/.composer/auth.json",
     "~/.password-store",
     "~/.local/share/keyrings",
     "~/.bash_history",
@@ -354,7 +383,10 @@ def normalize_path(text: object, *, context: Context, field: str, source: str) -
     """Make one path entry absolute and normal, or raise :class:`PolicyError`.
 
     ``~`` and ``~/x`` expand to the user's home, relative paths are taken
-    from ``context.base_dir``.  Symlinks are left alone here.
+    from ``context.base_dir``.  Symlinks are left alone here.  What a user
+    would not mean literally is refused rather than taken as a folder's
+    name: globs, ``$VARIABLES``, ``~user``, URLs, backslashes, spaces
+    around the path and control characters.
     """
 
     def fail(message: str) -> PolicyError:
@@ -371,22 +403,64 @@ def normalize_path(text: object, *, context: Context, field: str, source: str) -
             f"{field} entry {text!r} is a glob pattern; srt-kernel on Linux "
             "matches literal paths only, so list each path instead."
         )
+    if "$" in text:
+        raise fail(
+            f"{field} entry {text!r} contains '$': environment variables are not "
+            f"expanded, so it would name a folder called {text!r} literally; "
+            f"write {_unexpanded_hint(text)} instead."
+        )
+    if text != text.strip():
+        raise fail(
+            f"{field} entry {text!r} starts or ends with white space, which would "
+            f"be part of the folder's name; write {text.strip()!r}."
+        )
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        raise fail(
+            f"{field} entry {text!r} contains a control character (a newline or "
+            "tab, say); remove it."
+        )
+    if "://" in text:
+        raise fail(
+            f"{field} entry {text!r} is a URL; write the path itself, such as "
+            "/data/out or ~/out."
+        )
+    if "\\" in text:
+        raise fail(
+            f"{field} entry {text!r} contains a backslash, which on Linux is part "
+            "of a name, not a separator; separate folders with '/'."
+        )
     if text.startswith("~") and not (text == "~" or text.startswith("~/")):
         raise fail(
             f"{field} entry {text!r} names another user's home; write the "
             "absolute path instead."
         )
+    if not (text.startswith(("~", "/")) or context.base_dir.startswith("/")):
+        raise fail(
+            f"{field} entry {text!r} is relative, and there is no folder to "
+            "resolve it against; give an absolute path."
+        )
+    return _absolute(text, context)
 
+
+def _unexpanded_hint(text: str) -> str:
+    """What to write instead of a path that starts with ``$HOME``."""
+    for variable in ("$HOME", "${HOME}"):
+        if text == variable or text.startswith(variable + "/"):
+            return repr("~" + text[len(variable) :])
+    return "~/... or an absolute path"
+
+
+def _absolute(text: str, context: Context) -> str:
+    """``text`` made absolute against ``context`` and normalised, as it is.
+
+    For paths of the machine (the working folder, Jupyter's folders), which
+    are taken literally whatever characters they hold.
+    """
     if text == "~" or text.startswith("~/"):
         path = context.home + text[1:]
     elif text.startswith("/"):
         path = text
     else:
-        if not context.base_dir.startswith("/"):
-            raise fail(
-                f"{field} entry {text!r} is relative, and there is no folder to "
-                "resolve it against; give an absolute path."
-            )
         path = posixpath.join(context.base_dir, text)
     normal = posixpath.normpath(path)
     # POSIX keeps a leading "//"; the kernel treats it as "/".
@@ -477,14 +551,29 @@ def _check_keys(
     for key in obj:
         if key not in allowed:
             dotted = f"{prefix}.{key}" if prefix else key
-            known = ", ".join(sorted(k for k in allowed if not k.startswith("$")))
+            known = sorted(k for k in allowed if not k.startswith("$"))
             raise PolicyError(
-                f"unknown setting {dotted!r}; a misspelt key would silently "
-                f"change nothing, so it is refused. Known keys here: {known}.",
+                f"unknown setting {dotted!r}{_did_you_mean(key, known, prefix)}; a "
+                "misspelt key would silently change nothing, so it is refused. "
+                f"Known keys here: {', '.join(known)}.",
                 field=dotted,
                 value=key,
                 source=source,
             )
+
+
+def _did_you_mean(key: str, known: Sequence[str], prefix: str) -> str:
+    # difflib is imported here, on the error path only: the launcher's
+    # start-up must not pay for it.
+    import difflib
+
+    by_case = {k.lower(): k for k in known}
+    close = difflib.get_close_matches(key.lower(), list(by_case), n=1, cutoff=0.75)
+    if not close:
+        return ""
+    match = by_case[close[0]]
+    dotted = f"{prefix}.{match}" if prefix else match
+    return f" (did you mean {dotted!r}?)"
 
 
 def _parse_network(
@@ -585,6 +674,35 @@ def _parse_paths(
     return out
 
 
+def broad_write_notes(
+    paths: Iterable[str], *, home: str, field: str, source: str
+) -> list[str]:
+    """A warning for each writable path that holds the whole home folder.
+
+    Such an entry is accepted (it comes from the user), but it is rarely
+    meant: every file there that is not protected becomes writable.
+    """
+    notes = []
+    for path in paths:
+        if not is_within(home, path):
+            continue
+        if path == "/":
+            what = f"every file on this machine that you can write, {home} included,"
+        elif path == home:
+            what = f"your whole home folder ({home})"
+        else:
+            what = f"everything below {path}, your home folder {home} included,"
+        notes.append(
+            f"{source}: {field} {path} makes {what} writable from the sandbox. "
+            "The protected paths (shell start-up files, .git/hooks, Jupyter, "
+            "IPython and srt-kernel settings, kernelspecs, ...) stay protected "
+            "and read-denied credentials stay unreadable, but everything else "
+            "there can be changed or deleted by the code you run. To allow one "
+            "project, name its folder instead."
+        )
+    return notes
+
+
 def parse_layer(data: object, *, source: str, context: Context, trusted: bool) -> Layer:
     """Validate one settings document (a file, notebook metadata, options).
 
@@ -637,6 +755,15 @@ def parse_layer(data: object, *, source: str, context: Context, trusted: bool) -
         fs = _expect_object(doc["filesystem"], "filesystem", source)
         _check_keys(fs, _FILESYSTEM_KEYS, "filesystem", source)
         fields.update(_parse_paths(fs, source, context))
+        if trusted:
+            warnings.extend(
+                broad_write_notes(
+                    fields.get("allow_write", ()),
+                    home=context.home,
+                    field="filesystem.allowWrite",
+                    source=source,
+                )
+            )
 
     if "environment" in doc:
         env = _expect_object(doc["environment"], "environment", source)
@@ -685,6 +812,70 @@ def parse_layer(data: object, *, source: str, context: Context, trusted: bool) -
     return Layer(source=source, warnings=tuple(warnings), **fields)
 
 
+class _RepeatedKeys(dict):  # type: ignore[type-arg]
+    """A JSON object in which a key was given more than once (last wins)."""
+
+    repeated: tuple[str, ...] = ()
+
+
+def _json_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) == len(pairs):
+        return obj
+    counts: dict[str, int] = {}
+    for key, _value in pairs:
+        counts[key] = counts.get(key, 0) + 1
+    marked = _RepeatedKeys(obj)
+    marked.repeated = tuple(k for k, n in counts.items() if n > 1)
+    return marked
+
+
+def loads_json(text: str) -> Any:
+    """``json.loads``, remembering the keys that an object gives twice.
+
+    JSON parsers keep the last of two equal keys without a word; in a
+    policy that would let a typo (or a notebook's author) hide an entry
+    from whoever reads the file.  :func:`repeated_keys` and
+    :func:`first_repeated_key` find them afterwards.
+    """
+    return json.loads(text, object_pairs_hook=_json_object)
+
+
+def repeated_keys(obj: object) -> tuple[str, ...]:
+    """The keys that this one object (from :func:`loads_json`) gave twice."""
+    return obj.repeated if isinstance(obj, _RepeatedKeys) else ()
+
+
+def first_repeated_key(value: object, prefix: str = "") -> str | None:
+    """The dotted name of the first key given twice anywhere in ``value``."""
+    if isinstance(value, dict):
+        for key in repeated_keys(value):
+            return f"{prefix}.{key}" if prefix else key
+        for key, item in value.items():
+            found = first_repeated_key(item, f"{prefix}.{key}" if prefix else key)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = first_repeated_key(item, f"{prefix}[{index}]")
+            if found is not None:
+                return found
+    return None
+
+
+def repeated_key_error(dotted: str, source: str) -> PolicyError:
+    """The error for a key given twice: name it, say why, say the fix."""
+    last = dotted.rpartition(".")[2]
+    return PolicyError(
+        f"the key {dotted!r} is given twice; JSON keeps only the last one and "
+        "would silently drop the other, so it is refused. Keep one "
+        f"{last!r} and put all its entries there.",
+        field=dotted,
+        value=last,
+        source=source,
+    )
+
+
 def parse_settings_text(
     text: str,
     *,
@@ -708,7 +899,7 @@ def parse_settings_text(
             source=source,
         )
     try:
-        data = json.loads(text)
+        data = loads_json(text)
     except json.JSONDecodeError as exc:
         drop = ", or remove --settings" if named else ""
         raise SettingsFileError(
@@ -718,6 +909,9 @@ def parse_settings_text(
             value=text[:80],
             source=source,
         ) from exc
+    repeated = first_repeated_key(data)
+    if repeated is not None:
+        raise repeated_key_error(repeated, source)
     return parse_layer(data, source=source, context=context, trusted=trusted)
 
 
@@ -727,12 +921,12 @@ def parse_settings_text(
 
 def default_policy(context: Context) -> Policy:
     """The built-in defaults: no network, writes only to ``base_dir``."""
-    norm = _normalizer(context, "built-in defaults")
+    # Paths of this machine are taken as they are: a working folder named
+    # "data[1]" or "$work" is no mistake of the user's.
     deny_read = _unique(
-        [norm(p, "filesystem.denyRead") for p in CREDENTIAL_PATHS]
-        + [norm(p, "filesystem.denyRead") for p in context.deny_read]
+        _absolute(p, context) for p in (*CREDENTIAL_PATHS, *context.deny_read)
     )
-    allow_write = (norm(context.base_dir, "filesystem.allowWrite"),)
+    allow_write = (_absolute(context.base_dir, context),)
     sources = tuple((p, "denyRead", "built-in defaults") for p in deny_read) + tuple(
         (p, "allowWrite", "built-in defaults (the working folder)") for p in allow_write
     )
@@ -740,15 +934,8 @@ def default_policy(context: Context) -> Policy:
         filesystem=FilesystemPolicy(
             deny_read=deny_read, allow_write=allow_write, sources=sources
         ),
-        protected=_unique(norm(p, "protected") for p in context.protected),
+        protected=_unique(_absolute(p, context) for p in context.protected),
     )
-
-
-def _normalizer(context: Context, source: str) -> Callable[[str, str], str]:
-    def norm(path: str, f: str) -> str:
-        return normalize_path(path, context=context, field=f, source=source)
-
-    return norm
 
 
 def widen(policy: Policy, layer: Layer) -> Policy:
@@ -960,10 +1147,21 @@ def with_options(
     deny_read: Sequence[str] = (),
     allow_read: Sequence[str] = (),
     source: str = "command line",
+    home: str | None = None,
 ) -> Policy:
-    """Apply the trusted command-line options of ``srt-kernel run``."""
+    """Apply the trusted command-line options of ``srt-kernel run``.
+
+    With ``home`` given, a ``write`` path that holds the whole home folder
+    gets a warning note (:func:`broad_write_notes`).
+    """
+    warnings = (
+        ()
+        if home is None
+        else broad_write_notes(write, home=home, field="--write", source=source)
+    )
     layer = Layer(
         source=source,
+        warnings=tuple(warnings),
         allowed_domains=tuple(allow),
         denied_domains=tuple(deny),
         allow_write=tuple(write),

@@ -360,7 +360,8 @@ def test_invalid_settings_refuse_every_cell(world: Env) -> None:
         assert content["ename"] == "SandboxSettingsError"
         assert content["evalue"] == (
             f"your srt-kernel settings cannot be used, so no cell runs: {settings}: "
-            "unknown setting 'network.allowedDomain'; a misspelt key would "
+            "unknown setting 'network.allowedDomain' (did you mean "
+            "'network.allowedDomains'?); a misspelt key would "
             "silently change nothing, so it is refused. Known keys here: "
             "allowAllUnixSockets, allowLocalBinding, allowUnixSockets, "
             "allowedDomains, deniedDomains, deniedResolvedAddresses, hostAddresses, "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -56,6 +57,67 @@ def test_uninstall_removes_it(tmp_path: Path) -> None:
     assert "sbx-test" not in manager_for(tmp_path).find_kernel_specs()
     with pytest.raises(PolicyError, match="no kernelspec named 'sbx-test'"):
         spec.uninstall("sbx-test", prefix=str(tmp_path))
+
+
+# uninstall looks where install wrote: --user, --sys-prefix or --prefix.
+def test_uninstall_from_the_user_folder_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "data"))
+    user_dest = spec.install(user=True, name="sbx-where", display_name="U")
+    assert user_dest == tmp_path / "data" / "kernels" / "sbx-where"
+    prefix_dest = spec.install(prefix=str(tmp_path), name="sbx-where")
+
+    # the one under the prefix is not the user's: it stays
+    assert spec.uninstall("sbx-where", user=True) == user_dest
+    assert not user_dest.exists() and prefix_dest.exists()
+    with pytest.raises(PolicyError) as info:
+        spec.uninstall("sbx-where", user=True)
+    assert str(info.value) == (
+        "command line: no kernelspec named 'sbx-where' is installed in your "
+        f"kernelspecs ({tmp_path / 'data' / 'kernels'}); `jupyter kernelspec "
+        "list` shows the installed ones."
+    )
+    with pytest.raises(PolicyError, match="choose one"):
+        spec.uninstall("sbx-where", user=True, prefix=str(tmp_path))
+
+
+def test_uninstall_from_sys_prefix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "prefix", str(tmp_path))
+    dest = spec.install(sys_prefix=True, name="sbx-env")
+    assert dest == tmp_path / "share" / "jupyter" / "kernels" / "sbx-env"
+    assert spec.uninstall("sbx-env", sys_prefix=True) == dest
+    assert not dest.exists()
+
+
+# Every command has a description, every option a help line.
+def test_help_describes_every_command_and_option() -> None:
+    from srt_kernel.cli import SUBCOMMANDS, build_parser
+
+    for name, (help_line, description, _add) in SUBCOMMANDS.items():
+        assert help_line and description, name
+        # argparse keeps a command's parser in its private sub-parsers action
+        (commands,) = (
+            a
+            for a in build_parser(name)._actions
+            if isinstance(a, argparse._SubParsersAction)
+        )
+        for action in commands.choices[name]._actions:
+            assert action.help, f"{name} {action.option_strings or action.dest}"
+
+    shown = cli("uninstall", "--help")
+    assert shown.returncode == 0
+    assert "  --user        only from this user's kernelspecs\n" in shown.stdout
+    assert "--sys-prefix  only from this Python environment (sys.prefix)" in (
+        shown.stdout
+    )
+    install = cli("install", "--help").stdout
+    assert "the kernelspec's name, which frontends and --kernel use" in install
+    assert "the name shown in the frontend's kernel list" in install
+    doctor = cli("doctor", "--help").stdout
+    assert "Check that bubblewrap, user namespaces and seccomp work here" in doctor
 
 
 # Mistakes in the options are errors that say how to write them.

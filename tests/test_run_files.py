@@ -7,6 +7,7 @@ is unchanged.
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -263,20 +264,65 @@ def test_jupyter_and_ipython_files_not_writable_even_under_writable_home(
 
 # F7: credentials and the Jupyter runtime folder are unreadable by default.
 @pytest.mark.parametrize(
-    "rel",
+    ("rel", "folder"),
     [
-        ".ssh/id_ed25519",
-        ".aws/credentials",
-        ".local/share/jupyter/runtime/kernel-1.json",
+        (".ssh/id_ed25519", ".ssh"),
+        (".aws/credentials", ".aws"),
+        (
+            ".local/share/jupyter/runtime/kernel-1.json",
+            ".local/share/jupyter/runtime",
+        ),
+        # the whole folder: transcripts quote whatever the assistant read
+        (".claude/.credentials.json", ".claude"),
+        (".claude/projects/-home-proj/session.jsonl", ".claude"),
     ],
 )
-def test_credentials_not_readable(sbx: SandboxRunner, rel: str) -> None:
+def test_credentials_not_readable(sbx: SandboxRunner, rel: str, folder: str) -> None:
     path = sbx.home / rel
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists():
         path.write_text('{"key": "hmac"}')
     assert probe(sbx, "read", path) == "ENOENT"
-    assert probe(sbx, "list", path.parent).startswith("<empty>")
+    assert probe(sbx, "list", sbx.home / folder).startswith("<empty>")
+
+
+# Credential files that sit beside ordinary ones: the file alone is denied.
+@pytest.mark.parametrize(
+    "rel", [".claude.json", ".m2/settings.xml", ".pgpass", ".my.cnf"]
+)
+def test_credential_files_not_readable(sbx: SandboxRunner, rel: str) -> None:
+    path = sbx.home / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("token")
+    assert probe(sbx, "read", path) == "EACCES"
+    assert path.read_text() == "token"
+
+
+# With both ~/.config/srt-kernel/settings.json and ~/.srt-settings.json, run
+# reads the first and says that the second is not read.
+def test_run_says_which_settings_file_it_reads(sbx: SandboxRunner) -> None:
+    ours = sbx.home / ".config" / "srt-kernel" / "settings.json"
+    ours.parent.mkdir(parents=True, exist_ok=True)
+    ours.write_text('{"filesystem": {"denyRead": ["./private"]}}')
+    srt = sbx.home / ".srt-settings.json"
+    srt.write_text("{}")
+    (sbx.project / "private").mkdir()
+    (sbx.project / "private" / "a").write_text("a")
+    proc = subprocess.run(
+        [sys.executable, "-m", "srt_kernel.cli", "run", "--", "ls", "private"],
+        cwd=sbx.project,
+        env=sbx.env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == ""  # ours was read: private is denied
+    assert proc.stderr == (
+        f"srt-kernel: note: {ours}: used as your settings; {srt} exists too and is "
+        "not read (srt-kernel reads one settings file, never a mix). Copy what you "
+        "need from it into the first, or name the one to use with --settings.\n"
+    )
 
 
 # F8: $TMPDIR exists and is writable, mktemp -d works.

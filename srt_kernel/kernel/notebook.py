@@ -8,7 +8,6 @@ fails closed.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -61,14 +60,28 @@ def existing_notebook(path: str) -> Path:
 
 
 def read_metadata(notebook: Path) -> object:
-    """The notebook's ``"sandbox"`` metadata, or None when it has none."""
-    data = json.loads(notebook.read_text(encoding="utf-8"))
+    """The notebook's ``"sandbox"`` metadata, or None when it has none.
+
+    A key given twice on the way to it or inside it is a
+    :class:`PolicyError`: JSON would keep the last one, and whoever reviews
+    the file may read the first.
+    """
+    data = pol.loads_json(notebook.read_text(encoding="utf-8"))
     if not isinstance(data, dict):
         raise PolicyError(
             "the notebook is not a JSON object", field="notebook", source=str(notebook)
         )
     metadata = data.get("metadata")
-    return metadata.get("sandbox") if isinstance(metadata, dict) else None
+    sandbox = metadata.get("sandbox") if isinstance(metadata, dict) else None
+    if "metadata" in pol.repeated_keys(data):
+        repeated: str | None = "metadata"
+    elif "sandbox" in pol.repeated_keys(metadata):
+        repeated = "metadata.sandbox"
+    else:
+        repeated = pol.first_repeated_key(sandbox, "metadata.sandbox")
+    if repeated is not None:
+        raise pol.repeated_key_error(repeated, str(notebook))
+    return sandbox
 
 
 class PolicyState(Record, frozen=False):

@@ -157,20 +157,40 @@ def install(
     return Path(dest)
 
 
-def uninstall(name: str = KERNEL_NAME, *, prefix: str | None = None) -> Path:
+def uninstall(
+    name: str = KERNEL_NAME,
+    *,
+    user: bool = False,
+    sys_prefix: bool = False,
+    prefix: str | None = None,
+) -> Path:
     """Remove the kernelspec ``name``; return the folder that was removed.
 
-    With ``prefix``, only a spec under that prefix is looked at.  A name
-    that is not installed is a :class:`PolicyError` (a mistake in the
-    options); a folder that cannot be removed is a :class:`KernelError`.
+    With ``user``, ``sys_prefix`` or ``prefix``, only that place is looked
+    at (the places :func:`install` writes to); with none, the first spec of
+    that name that Jupyter finds.  A name that is not installed there is a
+    :class:`PolicyError` (a mistake in the options); a folder that cannot be
+    removed is a :class:`KernelError`.
     """
+    if sum((user, sys_prefix, prefix is not None)) > 1:
+        raise PolicyError(
+            "choose one of --user, --sys-prefix and --prefix, not several.",
+            field="--prefix",
+            source="command line",
+        )
     manager = KernelSpecManager()
-    if prefix is not None:
+    where = ""
+    if sys_prefix:
+        prefix = sys.prefix
+    if user:
+        manager.kernel_dirs = [manager.user_kernel_dir]
+        where = f" in your kernelspecs ({manager.user_kernel_dir})"
+    elif prefix is not None:
         manager.kernel_dirs = [str(Path(prefix) / "share" / "jupyter" / "kernels")]
+        where = f" under {prefix!r}"
     try:
         removed = manager.remove_kernel_spec(name)
     except (NoSuchKernel, KeyError) as exc:
-        where = f" under {prefix!r}" if prefix else ""
         raise PolicyError(
             f"no kernelspec named {name!r} is installed{where}; `jupyter "
             "kernelspec list` shows the installed ones.",
