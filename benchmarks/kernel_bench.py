@@ -5,7 +5,7 @@ writes ``benchmarks/results/kernel.json``.  Both kernels come from the same
 environment and are measured in one run, their starts alternated, through
 jupyter_client's ``KernelManager`` with a kernelspec in a temporary folder:
 
-* sandboxed: ``[python, "-P", "-m", "srt_kernel.kernel", "-f", CONN]``;
+* sandboxed: ``[python, "-E", "-P", "-m", "srt_kernel.kernel", "-f", CONN]``;
 * plain: ``[python, "-m", "ipykernel_launcher", "-f", CONN]``.
 
 It measures the time from launch to the first ``execute_reply``; the round
@@ -65,7 +65,7 @@ def write_kernelspecs(folder: Path, profile_out: Path) -> KernelSpecManager:
     """Kernelspecs for both kernels (and the profiled supervisor) in ``folder``."""
     specs = dict(KERNELS)
     specs["sandboxed-profile"] = [
-        sys.executable, "-P", "-m", "cProfile", "-o", str(profile_out),
+        sys.executable, "-E", "-P", "-m", "cProfile", "-o", str(profile_out),
         "-m", "srt_kernel.kernel", "-f", "{connection_file}",
     ]  # fmt: skip
     for name, argv in specs.items():

@@ -94,12 +94,23 @@ def _read_int(path: str) -> int | None:
 
 
 def _check_bwrap() -> tuple[Check, str | None]:
-    path = shutil.which("bwrap")
+    from srt_kernel.sandbox.bwrap import TRUSTED_BIN, locate_bwrap
+
+    path = locate_bwrap()
     if path is None:
-        return (
-            Check("bubblewrap", False, "bwrap is not on PATH", install_hint()),
-            None,
-        )
+        elsewhere = shutil.which("bwrap")
+        if os.environ.get("SRT_KERNEL_BWRAP"):
+            detail = "SRT_KERNEL_BWRAP is not the absolute path of a program"
+        elif elsewhere is not None:
+            detail = (
+                f"bwrap is at {elsewhere}, which is not a system folder "
+                f"({', '.join(TRUSTED_BIN)}): srt-kernel does not run a bwrap "
+                "that a sandbox might have written; set SRT_KERNEL_BWRAP to "
+                "its absolute path if you trust it"
+            )
+        else:
+            detail = "bwrap is not on PATH"
+        return Check("bubblewrap", False, detail, install_hint()), None
     try:
         out = subprocess.run(
             [path, "--version"], capture_output=True, text=True, timeout=10
@@ -252,4 +263,24 @@ def diagnose() -> Diagnosis:
         diagnosis.checks.append(_check_userns(bwrap))
     diagnosis.checks.append(_check_seccomp())
     diagnosis.checks.append(_check_landlock())
+    diagnosis.checks.append(_check_kernelspecs())
     return diagnosis
+
+
+def _check_kernelspecs() -> Check:
+    from srt_kernel.kernel.spec import stale_kernelspecs
+
+    stale = stale_kernelspecs()
+    if not stale:
+        return Check("kernelspecs", True, "every srt-kernel kernelspec is current")
+    names = ", ".join(f"{name} ({folder})" for name, folder in stale)
+    return Check(
+        "kernelspecs",
+        False,
+        f"from an earlier version: {names}; they start the kernel with the "
+        "notebook's folder on sys.path, where a cell could plant code that "
+        "runs outside the sandbox",
+        "Reinstall each: srt-kernel install --user (or --sys-prefix, "
+        "--prefix P, as it was installed).",
+        required=False,
+    )

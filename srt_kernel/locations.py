@@ -106,6 +106,8 @@ def _package_paths() -> list[str]:
     if user_site:
         paths.append(user_site)
     paths.append(os.path.join(sys.prefix, "bin"))
+    # IPython reads configuration (Python) from here in every session
+    paths.append(os.path.join(sys.prefix, "etc", "ipython"))
     return paths
 
 

@@ -100,6 +100,7 @@ def kernel_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         assert Path(spec.resource_dir).resolve() == spec_dir.resolve()
         assert spec.argv == [
             str(Path(sys.executable).absolute()),
+            "-E",
             "-P",
             "-m",
             "srt_kernel.kernel",

@@ -891,3 +891,40 @@ def test_modules_planted_by_a_cell_never_run_outside_the_filter(world: Env) -> N
     assert not (world.project / "planted-ran").exists(), (
         world.project / "planted-ran"
     ).read_text()
+
+
+# IPython reads configuration files (the working folder, the environment's
+# etc/ipython, the profile) before the inner kernel's filter is on; the
+# inner kernel reads none, and its filter is not a configurable setting.
+def test_no_configuration_file_reaches_the_inner_kernel(tmp_path: Path) -> None:
+    from srt_kernel.kernel.inner import SandboxedKernelApp
+
+    off = '{"SandboxedKernelApp": {"seccomp": false}}'
+    (tmp_path / "ipython_config.json").write_text(off)
+    (tmp_path / "ipython_kernel_config.json").write_text(off)
+    app = SandboxedKernelApp()
+    app.config_file_paths = [str(tmp_path)]
+    app.load_config_file()
+    app.update_config(app.config)
+    assert app.seccomp is True
+    assert "seccomp" not in SandboxedKernelApp.class_traits(config=True)
+
+
+# Before its filter is on the inner kernel runs programs (ipykernel's imports
+# run `uname -p`): from the system's folders, never from a folder on the
+# user's PATH that a cell can write.  Cells get the user's PATH.
+def test_programs_run_before_the_filter_come_from_system_folders(world: Env) -> None:
+    planted = world.project / ".venv" / "bin"
+    planted.mkdir(parents=True)
+    ran = world.project / "planted-uname-ran"
+    (planted / "uname").write_text(
+        "#!/bin/sh\n"
+        f"grep -q '^Seccomp:.2' /proc/self/status || echo unfiltered >> {ran}\n"
+        'exec /usr/bin/uname "$@"\n'
+    )
+    (planted / "uname").chmod(0o755)
+    env = dict(world.env, PATH=f"{planted}:{world.env['PATH']}")
+    with kernel(env, world.project) as (_, kc):
+        cell = run(kc, "import os\nprint(os.environ['PATH'].split(':')[0])")
+    assert cell.stdout == f"{planted}\n", cell.outputs
+    assert not ran.exists(), ran.read_text()

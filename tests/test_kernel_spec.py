@@ -28,6 +28,7 @@ def test_install_into_prefix_writes_kernel_json_and_logos(tmp_path: Path) -> Non
     assert data == {
         "argv": [
             str(Path(sys.executable).absolute()),
+            "-E",
             "-P",
             "-m",
             "srt_kernel.kernel",

@@ -816,3 +816,14 @@ def test_tighten_is_never_wider_than_either_side(user: dict, request: dict) -> N
             assert base.filesystem.readable(path) and asked.readable(path)
         if result.filesystem.writable(path):
             assert base.filesystem.writable(path) and asked.writable(path)
+
+
+def test_the_environments_ipython_configuration_is_protected() -> None:
+    # IPython runs the configuration it finds there in every session; an
+    # environment inside a project must not let a cell write it
+    import sys
+
+    from srt_kernel import locations
+
+    protected = locations.gather_context().protected
+    assert os.path.join(sys.prefix, "etc", "ipython") in protected

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -242,6 +243,32 @@ def test_missing_bwrap_refuses_to_run(sbx: SandboxRunner, tmp_path: Path) -> Non
     assert not marker.exists()
 
 
+def test_bwrap_comes_only_from_a_system_folder(sbx: SandboxRunner) -> None:
+    # A bwrap that a cell could have written (here: in the project, first on
+    # PATH) would build the next sandbox from the host: it is never run.
+    planted = sbx.project / ".venv" / "bin"
+    planted.mkdir(parents=True)
+    ran = sbx.root / "planted-bwrap-ran"
+    (planted / "bwrap").write_text(
+        f'#!/bin/sh\ntouch {ran}\nexec /usr/bin/bwrap "$@"\n'
+    )
+    (planted / "bwrap").chmod(0o755)
+    path = f"{planted}:{os.environ.get('PATH', '/usr/bin:/bin')}"
+    result = sbx.run(["echo", "inside"], env={"PATH": path})
+    assert result.lines == ["inside"], result.stderr
+    assert not ran.exists()
+    # nowhere but there: refused, with the way to name a trusted one
+    alone = sbx.run(["echo", "inside"], env={"PATH": str(planted)})
+    assert alone.status == 125
+    assert f"bubblewrap was found only at {planted}/bwrap" in alone.stderr
+    assert not ran.exists()
+    named = sbx.run(
+        ["echo", "inside"], env={"PATH": str(planted), "SRT_KERNEL_BWRAP": "bwrap"}
+    )
+    assert named.status == 125
+    assert "SRT_KERNEL_BWRAP='bwrap' is not the absolute path" in named.stderr
+
+
 def test_disabled_user_namespaces_refuse_to_run(sbx: SandboxRunner) -> None:
     marker = sbx.project / "ran"
     inner = sbx.argv(["touch", str(marker)])
@@ -387,3 +414,25 @@ def test_a_shared_placeholder_outlives_the_run_that_made_it(sbx: SandboxRunner) 
     out, _ = second.communicate(timeout=30)
     assert out.strip() == "EROFS"
     assert (sbx.project / ".bashrc").read_text() == ""
+
+
+def test_doctor_names_kernelspecs_from_an_earlier_version(tmp_path: Path) -> None:
+    old = tmp_path / "kernels" / "old-sandboxed"
+    old.mkdir(parents=True)
+    argv = [sys.executable, "-m", "srt_kernel.kernel", "-f", "{connection_file}"]
+    (old / "kernel.json").write_text(
+        json.dumps({"argv": argv, "display_name": "old", "language": "python"})
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "srt_kernel.cli", "doctor"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, JUPYTER_PATH=str(tmp_path)),
+    )
+    assert proc.returncode == 0, proc.stdout
+    assert (
+        f"[warn] kernelspecs: from an earlier version: old-sandboxed ({old})"
+        in proc.stdout
+    )
+    assert "Reinstall each: srt-kernel install --user" in proc.stdout

@@ -44,9 +44,19 @@ class SandboxedKernelApp(IPKernelApp):
     """IPKernelApp that locks itself with seccomp once its sockets are bound."""
 
     name = "srt-kernel-inner"
-    seccomp = Bool(True, help="Apply the seccomp filter after binding.").tag(
-        config=True
-    )
+    #: Set from the command line only (``--no-seccomp``), never from a
+    #: configuration file.
+    seccomp = Bool(True, help="Apply the seccomp filter after binding.")
+
+    def load_config_file(self, *args: Any, **kwargs: Any) -> None:
+        """Read no configuration file.
+
+        Configuration files are Python, and IPython reads them (from
+        ``sys.prefix/etc/ipython``, ``/etc/ipython``, the profile) before
+        the seccomp filter is on; a folder that cells can write may hold one
+        (a virtual environment inside the project).  The kernel's options
+        come from its command line.
+        """
 
     def init_kernel(self) -> None:
         # Every socket is bound (init_sockets, init_heartbeat ran before);
@@ -67,11 +77,15 @@ class SandboxedKernelApp(IPKernelApp):
         The interpreter started isolated (``-I``): until the seccomp filter
         is on (:meth:`init_kernel`, which runs first), nothing was imported
         from the folders that cells can write, so a module planted there
-        cannot run unfiltered.  Now ``PYTHONPATH`` (``%pip``'s folder) goes
+        cannot run unfiltered, and programs were found only in the system's
+        folders.  Now the user's ``PATH`` is back, ``PYTHONPATH`` (``%pip``'s
+        folder) goes
         first, as the interpreter would have put it, the user's site-packages
         if the supervisor's interpreter uses it, and the working folder before
         site-packages, as IPython does.
         """
+        if "SRT_KERNEL_PATH" in os.environ:
+            os.environ["PATH"] = os.environ.pop("SRT_KERNEL_PATH")
         entries = [p for p in os.environ.get("PYTHONPATH", "").split(":") if p]
         sys.path[:0] = [p for p in entries if p not in sys.path]
         if os.environ.get("SRT_KERNEL_USER_SITE"):

@@ -6,9 +6,9 @@ in a temporary folder and handed to jupyter_client's
 or ``--prefix P`` (the system-wide Jupyter data dir when none is given).
 
 The kernel.json runs the supervisor with this interpreter's absolute path
-(``[sys.executable, "-P", "-m", "srt_kernel.kernel", "-f",
-"{connection_file}"]``: ``-P`` keeps the notebook's folder, which cells can
-write, off ``sys.path``; see :func:`supervisor_argv`) and says
+(``[sys.executable, "-E", "-P", "-m", "srt_kernel.kernel", "-f",
+"{connection_file}"]``: ``-E -P`` keep the notebook's folder, which cells
+can write, off ``sys.path``; see :func:`supervisor_argv`) and says
 ``"interrupt_mode": "message"``: the frontend then interrupts with an
 ``interrupt_request`` on the control channel, which the relay passes to
 the inner kernel, instead of signalling the supervisor's process group
@@ -75,12 +75,13 @@ def supervisor_argv(python: str) -> list[str]:
     cells can write.  ``python -m`` would put that folder first on
     ``sys.path``, so a planted ``srt_kernel/`` or a module named like one of
     the supervisor's dependencies would run on the host, unsandboxed, at
-    the kernel's next start.  ``-P`` leaves the folder out; an interpreter
-    older than 3.11 has no ``-P`` and drops it itself before any import.
+    the kernel's next start.  ``-P`` leaves the folder out (an interpreter
+    older than 3.11 has no ``-P`` and drops it itself before any import),
+    and ``-E`` ignores ``PYTHONPATH``, which may name it too (``.``).
     """
     if hasattr(sys.flags, "safe_path"):  # -P is there (3.11 and later)
-        return [python, "-P", "-m", "srt_kernel.kernel"]
-    return [python, "-c", _BOOT_WITHOUT_SAFE_PATH]
+        return [python, "-E", "-P", "-m", "srt_kernel.kernel"]
+    return [python, "-E", "-c", _BOOT_WITHOUT_SAFE_PATH]
 
 
 def runs_supervisor(argv: Sequence[str]) -> bool:
@@ -89,6 +90,21 @@ def runs_supervisor(argv: Sequence[str]) -> bool:
         ["-m", "srt_kernel.kernel"],
         ["-c", _BOOT_WITHOUT_SAFE_PATH],
     )
+
+
+def stale_kernelspecs() -> list[tuple[str, str]]:
+    """Installed kernelspecs that start the supervisor the unprotected way
+    (``python -m`` alone, from an earlier version): (name, folder)."""
+    manager = KernelSpecManager()
+    stale = []
+    for name, folder in sorted(manager.find_kernel_specs().items()):
+        try:
+            argv = manager.get_kernel_spec(name).argv
+        except (OSError, ValueError, NoSuchKernel):
+            continue
+        if list(argv[1:3]) == ["-m", "srt_kernel.kernel"]:
+            stale.append((name, folder))
+    return stale
 
 
 def kernel_json(

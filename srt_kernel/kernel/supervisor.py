@@ -328,6 +328,12 @@ class Supervisor:
                 # interpreter's own site-packages is read-only in the sandbox
                 "PIP_TARGET": PACKAGES_INSIDE,
                 "PYTHONPATH": PACKAGES_INSIDE,
+                # what the inner kernel runs before its filter is on (ipykernel's
+                # imports run `uname -p`) comes from the system's folders, not
+                # from one on the user's PATH that a cell could write; the
+                # user's PATH is back once the filter is on (inner.init_path)
+                "PATH": "/usr/bin:/bin",
+                "SRT_KERNEL_PATH": os.environ.get("PATH", os.defpath),
                 # -I turns the user's site-packages off; the inner kernel
                 # turns it back on (after its filter) if this one has it
                 "SRT_KERNEL_USER_SITE": "1" if _user_site_enabled() else "",

@@ -76,15 +76,47 @@ def _executable(path: str) -> bool:
     return os.access(path, os.X_OK) and not os.path.isdir(path)
 
 
+#: The folders bubblewrap is taken from when found on $PATH: the system's
+#: own, which no sandbox can write.  A folder a cell can write (a project's
+#: ``.venv/bin``, ``~/bin``, ``.``) must never supply the program that
+#: builds the next sandbox, which runs on the host.
+TRUSTED_BIN = ("/usr/bin", "/bin", "/usr/local/bin", "/usr/sbin", "/sbin")
+
+
+def locate_bwrap() -> str | None:
+    """bubblewrap from ``$SRT_KERNEL_BWRAP`` (an absolute path, set by the
+    user), else the first system folder on $PATH that has it."""
+    chosen = os.environ.get("SRT_KERNEL_BWRAP")
+    if chosen:
+        return chosen if os.path.isabs(chosen) and _executable(chosen) else None
+    search = os.environ.get("PATH", os.defpath)
+    trusted = [f for f in search.split(os.pathsep) if f.rstrip("/") in TRUSTED_BIN]
+    return which("bwrap", os.pathsep.join(trusted))
+
+
 def find_bwrap() -> str:
     """The bubblewrap executable, or :class:`SandboxUnavailable` with the fix."""
-    path = which("bwrap")
+    path = locate_bwrap()
     if path is None:
         from srt_kernel import doctor
 
+        elsewhere = which("bwrap")
+        if os.environ.get("SRT_KERNEL_BWRAP"):
+            problem = (
+                f"SRT_KERNEL_BWRAP={os.environ['SRT_KERNEL_BWRAP']!r} is not the "
+                "absolute path of a program"
+            )
+        elif elsewhere is not None:
+            problem = (
+                f"bubblewrap was found only at {elsewhere}, outside the system "
+                f"folders ({', '.join(TRUSTED_BIN)}); a folder a sandbox might "
+                "write never supplies it (set SRT_KERNEL_BWRAP to its absolute "
+                "path if you trust it)"
+            )
+        else:
+            problem = "bubblewrap (bwrap) is not installed"
         raise SandboxUnavailable(
-            "bubblewrap (bwrap) is not installed, so no sandbox can be built "
-            "and the command was not run.",
+            f"{problem}, so no sandbox can be built and the command was not run.",
             diagnosis=doctor.install_hint(),
         )
     return path

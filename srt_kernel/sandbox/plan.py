@@ -83,6 +83,12 @@ PROTECTED_NAMES: tuple[tuple[str, Literal["file", "dir"], bool], ...] = (
     ("jupyter_server_config.py", "file", True),
     ("jupyter_notebook_config.py", "file", True),
     ("jupyter_lab_config.py", "file", True),
+    # the JSON forms too: exec_lines and the like run code from them
+    ("ipython_config.json", "file", True),
+    ("ipython_kernel_config.json", "file", True),
+    ("jupyter_server_config.json", "file", True),
+    ("jupyter_notebook_config.json", "file", True),
+    ("jupyter_lab_config.json", "file", True),
     # Python start-up hooks
     ("sitecustomize.py", "file", False),
     ("usercustomize.py", "file", False),
