@@ -86,9 +86,11 @@ def supervisor_argv(python: str) -> list[str]:
 
 def runs_supervisor(argv: Sequence[str]) -> bool:
     """Whether a kernelspec's argv starts srt-kernel's supervisor."""
-    return list(argv[1:4]) == ["-P", "-m", "srt_kernel.kernel"] or list(argv[1:3]) in (
-        ["-m", "srt_kernel.kernel"],
-        ["-c", _BOOT_WITHOUT_SAFE_PATH],
+    head = list(argv[1:5])
+    return (
+        head == ["-E", "-P", "-m", "srt_kernel.kernel"]
+        or head[:3] == ["-E", "-c", _BOOT_WITHOUT_SAFE_PATH]
+        or head[:2] == ["-m", "srt_kernel.kernel"]  # an earlier version's
     )
 
 
