@@ -77,9 +77,9 @@ class AuditLog:
         if target is None:
             self._stream = None
         elif isinstance(target, str | Path):
-            fd = os.open(
-                target, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600
-            )
+            # a symlink in its place is refused, not followed
+            flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+            fd = os.open(target, flags | os.O_NOFOLLOW, 0o600)
             self._stream = os.fdopen(fd, "a", encoding="utf-8")
             self._owned = True
         else:

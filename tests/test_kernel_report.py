@@ -207,7 +207,7 @@ def test_metadata_that_narrows_writes_is_named() -> None:
     # outside your settings too: both places
     outside = file_block("write", "/srv/x.txt", narrowed.filesystem, (), advice)
     assert outside is not None and outside.fix == (
-        'add "/srv" to "filesystem.allowWrite" in your settings '
+        'add "/srv/x.txt" to "filesystem.allowWrite" in your settings '
         "(~/.srt-settings.json) and restart the kernel; this notebook's "
         '"sandbox" metadata limits "filesystem.allowWrite" too: add it there'
     )
@@ -216,7 +216,10 @@ def test_metadata_that_narrows_writes_is_named() -> None:
 def test_plain_ipython_fixes_are_the_magics_options() -> None:
     fs = BASE.filesystem
     write = file_block("write", "/srv/x.txt", fs, (), MAGIC)
-    assert write is not None and write.fix == "add --write /srv to the %%sandbox line"
+    assert (
+        write is not None
+        and write.fix == "add --write /srv/x.txt to the %%sandbox line"
+    )
     read = file_block("missing", "/home/u/.ssh/id_rsa", fs, (), MAGIC)
     assert read is not None
     assert read.fix == "add --allow-read /home/u/.ssh/id_rsa to the %%sandbox line"
@@ -263,3 +266,29 @@ def test_the_entry_to_add_is_valid_and_no_wider_than_needed(
     pattern = parse_pattern(entry.strip('"'), field="allowedDomains")
     assert pattern.matches(parse_host(host), port)
     assert pattern.port in (port, None) and (pattern.port == port or port in (80, 443))
+
+
+@pytest.mark.parametrize(
+    ("path", "why", "fix"),
+    [
+        # a file high up: the file itself, not "/" or the home folder
+        ("/evil.txt", "outside every folder", 'add "/evil.txt" to'),
+        ("/home/u/notes.txt", "outside every folder", 'add "/home/u/notes.txt" to'),
+        # deeper down: its folder
+        ("/data/out/deep/x.csv", "outside every folder", 'add "/data/out/deep" to'),
+        # below a read-denied folder: nothing to add
+        (
+            "/home/u/.ssh/authorized_keys",
+            'below /home/u/.ssh, which is read-denied ("filesystem.denyRead")',
+            "nothing to add: sandboxed code never writes where it may not read",
+        ),
+    ],
+)
+def test_a_write_fix_opens_no_more_than_it_must(path: str, why: str, fix: str) -> None:
+    fs = pol.FilesystemPolicy(
+        allow_write=("/home/u/proj",), deny_read=("/home/u/.ssh",)
+    )
+    block = file_block("write", path, fs, ())
+    assert block is not None
+    assert block.why.startswith(why)
+    assert block.fix.startswith(fix)

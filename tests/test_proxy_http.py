@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import json
 import os
@@ -471,6 +472,17 @@ def test_lookup_failure_gives_502(proxy: Proxy) -> None:
 
 
 # -- audit log --------------------------------------------------------------------
+
+
+def test_audit_file_in_place_of_a_symlink_is_refused(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere"
+    target.write_text("kept\n")
+    link = tmp_path / "audit.jsonl"
+    link.symlink_to(target)
+    with pytest.raises(OSError) as refused:
+        AuditLog(link)
+    assert refused.value.errno == errno.ELOOP
+    assert target.read_text() == "kept\n"
 
 
 def test_audit_file_lines(tmp_path: Path, upstream: Upstream) -> None:

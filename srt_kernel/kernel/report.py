@@ -349,8 +349,24 @@ def file_block(
         return Block(
             "write", path, f'write-denied by "filesystem.denyWrite" entry {deny}', fix
         )
+    if not fs.readable(path):
+        hidden = next(
+            (
+                d
+                for d in sorted(fs.deny_read, key=len, reverse=True)
+                if is_within(path, d)
+            ),
+            path,
+        )
+        return Block(
+            "write",
+            path,
+            f'below {hidden}, which is read-denied ("filesystem.denyRead")',
+            "nothing to add: sandboxed code never writes where it may not read; "
+            "write it yourself, outside the sandbox, if you mean to",
+        )
     roots = ", ".join(fs.allow_write) or "none"
-    folder = posixpath.dirname(path)
+    folder = _write_target(path)
     if advice.magic:
         fix = f"add --write {folder} to the %%sandbox line"
     elif advice.closed:
@@ -370,6 +386,14 @@ def file_block(
         f"outside every folder this code may write (allowWrite: {roots})",
         fix,
     )
+
+
+def _write_target(path: str) -> str:
+    """What a write fix names: the file's folder, unless that folder is so
+    high up (``/``, ``/home/u``, ``/tmp``) that allowing it would open far
+    more than the file; then the file itself."""
+    folder = posixpath.dirname(path)
+    return folder if folder.count("/") >= 3 else path
 
 
 def _source(fs: FilesystemPolicy, path: str, rule: str) -> str:
