@@ -133,15 +133,23 @@ def _trust_options(trust_p: argparse.ArgumentParser) -> None:
     )
 
 
+def _where_options(
+    parser: argparse.ArgumentParser, user: str, sys_prefix: str, prefix: str
+) -> None:
+    """``--user``, ``--sys-prefix`` and ``--prefix P``: one of them at most."""
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--user", action="store_true", help=user)
+    where.add_argument("--sys-prefix", action="store_true", help=sys_prefix)
+    where.add_argument("--prefix", metavar="P", help=prefix)
+
+
 def _install_options(install: argparse.ArgumentParser) -> None:
-    where = install.add_mutually_exclusive_group()
-    where.add_argument("--user", action="store_true", help="for this user only")
-    where.add_argument(
-        "--sys-prefix",
-        action="store_true",
-        help="into this Python environment (sys.prefix)",
+    _where_options(
+        install,
+        user="for this user only",
+        sys_prefix="into this Python environment (sys.prefix)",
+        prefix="under the prefix P",
     )
-    where.add_argument("--prefix", metavar="P", help="under the prefix P")
     install.add_argument(
         "--name",
         default="python-sandboxed",
@@ -166,16 +174,12 @@ def _install_options(install: argparse.ArgumentParser) -> None:
 
 
 def _uninstall_options(uninstall: argparse.ArgumentParser) -> None:
-    where = uninstall.add_mutually_exclusive_group()
-    where.add_argument(
-        "--user", action="store_true", help="only from this user's kernelspecs"
+    _where_options(
+        uninstall,
+        user="only from this user's kernelspecs",
+        sys_prefix="only from this Python environment (sys.prefix)",
+        prefix="only from under the prefix P",
     )
-    where.add_argument(
-        "--sys-prefix",
-        action="store_true",
-        help="only from this Python environment (sys.prefix)",
-    )
-    where.add_argument("--prefix", metavar="P", help="only from under the prefix P")
     uninstall.add_argument(
         "--name",
         default="python-sandboxed",
@@ -391,13 +395,12 @@ def _command_from_args(args: argparse.Namespace) -> list[str]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from srt_kernel.sandbox.bwrap import run_command
-    from srt_kernel.sandbox.facts import missing_writable
+    from srt_kernel.sandbox.facts import missing_write_notes
 
     _refuse_contradictions(args)
     policy = _policy_from_args(args)
     command = _command_from_args(args)
-    missing = missing_writable(policy)
-    for note in (*policy.notes, *pol.missing_write_notes(policy, missing)):
+    for note in (*policy.notes, *missing_write_notes(policy)):
         print(f"srt-kernel: note: {note}", file=sys.stderr)
     return run_command(policy, command, cwd=os.getcwd(), debug=args.debug)
 
@@ -411,13 +414,13 @@ def cmd_doctor(_args: argparse.Namespace) -> int:
 
 
 def cmd_policy(args: argparse.Namespace) -> int:
-    from srt_kernel.sandbox.facts import missing_writable
+    from srt_kernel.sandbox.facts import missing_write_notes
 
     _refuse_contradictions(args)
     if args.notebook is None:
         policy = _policy_from_args(args)
         print(pol.describe(policy))
-        for note in pol.missing_write_notes(policy, missing_writable(policy)):
+        for note in missing_write_notes(policy):
             print(f"Note: {note}")
         return 0
     from srt_kernel.kernel.notebook import existing_notebook, notebook_policy
@@ -439,7 +442,14 @@ def cmd_policy(args: argparse.Namespace) -> int:
 
 def cmd_trust(args: argparse.Namespace) -> int:
     from srt_kernel import trust
-    from srt_kernel.kernel.notebook import approvals, existing_notebook, read_metadata
+    from srt_kernel.kernel.notebook import (
+        approvals,
+        existing_notebook,
+        read_metadata,
+        real_base,
+        real_ceiling,
+        request_layer,
+    )
 
     notebook = existing_notebook(args.notebook)
     store = approvals()
@@ -461,21 +471,11 @@ def cmd_trust(args: argparse.Namespace) -> int:
     if metadata is None:
         print(f"{notebook.name} has no sandbox metadata: it asks for nothing.")
         return 0
-    from srt_kernel.record import replace
-    from srt_kernel.sandbox.facts import real_filesystem, real_layer
-
     context = locations.gather_context(str(notebook.parent))
-    base = pol.resolve(context, locations.user_layers(args.settings, context))
-    # what the paths lead to, as the kernel judges them (symlinks resolved)
-    base = replace(base, filesystem=real_filesystem(base.filesystem))
-    layer = real_layer(
-        pol.parse_layer(
-            metadata,
-            source=f"notebook metadata ({notebook.name})",
-            context=context,
-            trusted=False,
-        )
+    base = real_base(
+        pol.resolve(context, locations.user_layers(args.settings, context))
     )
+    layer = request_layer(metadata, notebook, context)
     wanted = trust.widening(base, layer)
     if not wanted:
         print(
@@ -483,9 +483,7 @@ def cmd_trust(args: argparse.Namespace) -> int:
             "is needed (its metadata can always tighten)."
         )
         return 0
-    ceiling = trust.load_ceiling(base.notebook_ceiling, context)
-    if ceiling is not None:
-        ceiling = real_layer(ceiling)
+    ceiling = real_ceiling(base, context)
     capped, cut = trust.cap(layer, ceiling, base)
     granted = trust.widening(base, capped).lines()
     print(f"{notebook.name} asks to let its code:")

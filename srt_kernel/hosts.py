@@ -92,6 +92,13 @@ class Host(Record):
     def __str__(self) -> str:
         return self.name if self.name is not None else str(self.ip)
 
+    @property
+    def is_loopback(self) -> bool:
+        """A loopback address, or ``localhost`` and the names under it."""
+        if self.ip is not None:
+            return self.ip.is_loopback
+        return is_loopback_name(self.name or "")
+
     def for_url(self) -> str:
         """The host as it stands in a URL or request line: IPv6 in brackets."""
         if isinstance(self.ip, ipaddress.IPv6Address):
@@ -340,9 +347,7 @@ def is_loopback_name(name: str) -> bool:
 
 
 def _is_local_host(host: Host) -> bool:
-    if host.ip is not None:
-        return host.ip.is_loopback or host.ip.is_unspecified
-    return is_loopback_name(host.name or "")
+    return host.is_loopback or (host.ip is not None and host.ip.is_unspecified)
 
 
 def _parse_port(port_text: str, text: str, field: str, source: str) -> int:

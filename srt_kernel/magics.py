@@ -869,11 +869,10 @@ class SandboxMagics(Magics):
         outputs: list[str],
     ) -> Any:
         from srt_kernel import locations
-        from srt_kernel import policy as pol
-        from srt_kernel.sandbox.facts import missing_writable
+        from srt_kernel.sandbox.facts import missing_write_notes
         from srt_kernel.sandbox.rundir import RunDir
 
-        for note in pol.missing_write_notes(policy, missing_writable(policy)):
+        for note in missing_write_notes(policy):
             sys.stderr.write(f"srt-kernel: note: {note}\n")
         run = RunDir.create(locations.runtime_root())
         work = Path(run.path) / "magic"

@@ -228,18 +228,21 @@ def _net_settings(port: int) -> dict[str, object]:
     }
 
 
+def _allowed_test(port: int) -> dict[str, object]:
+    """Settings that allow allowed.test, answered with 127.0.0.1, on ``port``."""
+    return {
+        "network": {
+            "allowedDomains": ["allowed.test", f"127.0.0.1:{port}"],
+            "hostAddresses": {"allowed.test": "127.0.0.1"},
+        }
+    }
+
+
 def test_network_refusal_is_reported(
     world: Env, upstream: tuple[int, list[str]]
 ) -> None:
     port, seen = upstream
-    world.settings(
-        {
-            "network": {
-                "allowedDomains": ["allowed.test", f"127.0.0.1:{port}"],
-                "hostAddresses": {"allowed.test": "127.0.0.1"},
-            }
-        }
-    )
+    world.settings(_allowed_test(port))
     with kernel(world.env, world.project) as (_, kc):
         # the very first connection of the first cell works
         ok = run(kc, FETCH.format(host="allowed.test", port=port))
@@ -405,14 +408,7 @@ def test_the_cells_own_no_network_is_the_fix(
     world: Env, upstream: tuple[int, list[str]]
 ) -> None:
     port, seen = upstream
-    world.settings(
-        {
-            "network": {
-                "allowedDomains": ["allowed.test", f"127.0.0.1:{port}"],
-                "hostAddresses": {"allowed.test": "127.0.0.1"},
-            }
-        }
-    )
+    world.settings(_allowed_test(port))
     fetch = FETCH.format(host="allowed.test", port=port)
     with kernel(world.env, world.project) as (_, kc):
         cut = run(kc, f"%%sandbox --no-network\n{fetch}")
@@ -449,14 +445,7 @@ def test_an_allowed_name_on_loopback_gets_the_working_fix(
         )
     assert seen == []
     # the fix works
-    world.settings(
-        {
-            "network": {
-                "allowedDomains": ["allowed.test", f"127.0.0.1:{port}"],
-                "hostAddresses": {"allowed.test": "127.0.0.1"},
-            }
-        }
-    )
+    world.settings(_allowed_test(port))
     with kernel(world.env, world.project) as (_, kc):
         ok = run(kc, FETCH.format(host="allowed.test", port=port))
         assert ok.stdout == "upstream ok\n", ok.outputs

@@ -15,7 +15,7 @@ from srt_kernel import locations, trust
 from srt_kernel import policy as pol
 from srt_kernel.errors import PolicyError
 from srt_kernel.record import Record, replace
-from srt_kernel.sandbox.facts import real_filesystem, real_layer
+from srt_kernel.sandbox.facts import missing_write_notes, real_filesystem, real_layer
 
 # Not typing.TYPE_CHECKING: importing typing costs the kernel's start-up.
 TYPE_CHECKING = False
@@ -102,13 +102,10 @@ def notebook_policy(
     The notes also name each writable folder that does not exist.
     """
     state = _notebook_policy(base, notebook, context)
-    from srt_kernel.sandbox.facts import missing_writable
-
-    missing = missing_writable(state.policy)
+    missing = missing_write_notes(state.policy)
     if not missing:
         return state
-    notes = state.notes + tuple(pol.missing_write_notes(state.policy, missing))
-    return replace(state, notes=notes)
+    return replace(state, notes=state.notes + tuple(missing))
 
 
 def _notebook_policy(
@@ -116,14 +113,11 @@ def _notebook_policy(
 ) -> PolicyState:
     if notebook is None:
         return PolicyState(base, base)
-    source = f"notebook metadata ({notebook.name})"
     try:
         metadata = read_metadata(notebook)
         if metadata is None:
             return PolicyState(base, base)
-        layer = real_layer(
-            pol.parse_layer(metadata, source=source, context=context, trusted=False)
-        )
+        layer = request_layer(metadata, notebook, context)
     except (OSError, ValueError, PolicyError) as exc:
         # Unreadable or invalid metadata: no network and no writes until fixed.
         closed = replace(
@@ -137,17 +131,14 @@ def _notebook_policy(
         )
         return PolicyState(base, closed, problem=problem)
     try:
-        ceiling = trust.load_ceiling(base.notebook_ceiling, context)
-        if ceiling is not None:
-            ceiling = real_layer(ceiling)
+        ceiling = real_ceiling(base, context)
         approved = approvals().is_approved(notebook, metadata)
     except PolicyError as exc:
         ceiling, approved = None, False
         extra = [f"approval could not be checked ({exc}); running unapproved."]
     else:
         extra = []
-    # judged as what its paths lead to, against settings resolved likewise
-    base = replace(base, filesystem=real_filesystem(base.filesystem))
+    base = real_base(base)
     wanted = trust.widening(base, layer)
     result, cut = trust.apply_notebook(base, layer, approved=approved, ceiling=ceiling)
     pinned = (layer.allow_read or ()) + (layer.allow_write or ())
@@ -159,6 +150,30 @@ def _notebook_policy(
             f"srt-kernel trust {notebook}"
         )
     return PolicyState(base, result, notes=tuple(notes), approved=approved)
+
+
+# A notebook's request is judged as what its paths lead to (a symlink in the
+# notebook's folder may lead anywhere), against the settings and the ceiling
+# resolved likewise: the kernel and `srt-kernel trust` both judge through these.
+
+
+def request_layer(metadata: object, notebook: Path, context: pol.Context) -> pol.Layer:
+    """The notebook's ``"sandbox"`` metadata as an untrusted layer, resolved."""
+    source = f"notebook metadata ({notebook.name})"
+    return real_layer(
+        pol.parse_layer(metadata, source=source, context=context, trusted=False)
+    )
+
+
+def real_base(base: pol.Policy) -> pol.Policy:
+    """The user's policy with its paths resolved."""
+    return replace(base, filesystem=real_filesystem(base.filesystem))
+
+
+def real_ceiling(base: pol.Policy, context: pol.Context) -> pol.Layer | None:
+    """The ceiling in force, its paths resolved."""
+    ceiling = trust.load_ceiling(base.notebook_ceiling, context)
+    return None if ceiling is None else real_layer(ceiling)
 
 
 def approvals() -> trust.ApprovalStore:

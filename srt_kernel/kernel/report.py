@@ -32,7 +32,7 @@ import re
 from collections.abc import Iterable, Sequence
 
 from srt_kernel.errors import HostError
-from srt_kernel.hosts import Host, is_loopback_name, parse_host
+from srt_kernel.hosts import Host, parse_host
 from srt_kernel.policy import FilesystemPolicy, Layer, Policy, is_within
 from srt_kernel.record import Record, replace
 
@@ -210,7 +210,7 @@ def _entry(text: str, host: Host | None, port: int) -> str:
     address always with its port (in brackets for IPv6), and loopback, which
     must carry one, too.
     """
-    if host is not None and (host.ip is not None or is_loopback_name(host.name or "")):
+    if host is not None and (host.ip is not None or host.is_loopback):
         return f"{host.for_url()}:{port}"
     return text if port in (80, 443) else f"{text}:{port}"
 

@@ -22,7 +22,7 @@ import ipaddress
 from collections.abc import Collection, Sequence
 from typing import Protocol
 
-from srt_kernel.hosts import Host, HostPattern, IPAddress, fold_ip, is_loopback_name
+from srt_kernel.hosts import Host, HostPattern, IPAddress, fold_ip
 from srt_kernel.log import get_logger
 from srt_kernel.record import Record
 
@@ -101,12 +101,6 @@ def _source(policy: NetworkRules, pattern: HostPattern) -> str:
     return ""
 
 
-def _is_loopback(host: Host) -> bool:
-    if host.ip is not None:
-        return host.ip.is_loopback
-    return is_loopback_name(host.name or "")
-
-
 def _entry_for(host: Host, port: int) -> str:
     if host.ip is not None:
         return f"{host.for_url()}:{port}"
@@ -151,7 +145,7 @@ def decide_host(policy: NetworkRules, host: Host, port: int) -> Decision:
         p for p in policy.allowed if p.port is not None and p.matches(host, p.port)
     ]
     entry = _entry_for(host, port)
-    if _is_loopback(host):
+    if host.is_loopback:
         fix = (
             f"add '{host.for_url()}:{port}' to network.allowedDomains (that port "
             "of this machine); a server started inside the sandbox is reached "

@@ -160,6 +160,13 @@ def real_filesystem(fs: FilesystemPolicy) -> FilesystemPolicy:
     )
 
 
+def missing_write_notes(policy: Policy) -> list[str]:
+    """A note for each writable folder of ``policy`` that cannot be used."""
+    from srt_kernel.policy import missing_write_notes as notes
+
+    return notes(policy, missing_writable(policy))
+
+
 def missing_writable(policy: Policy) -> list[str]:
     """The policy's writable folders that do not exist (after symlinks) and
     cannot be created inside either, their parent not being writable."""
